@@ -1,0 +1,32 @@
+/**
+ * Probes for orchestrators on the admin listener (SPEC §7): `/healthz`
+ * (both listeners accept connections), `/readyz` (every service can reach a
+ * healthy origin in a deployment that has traffic) and `/metrics`.
+ */
+import type { FastifyInstance } from 'fastify'
+import type { Registry } from '../src/upstream/registry.js'
+import type { Metrics } from '../src/metrics.js'
+
+export interface HealthRouteOptions {
+  registry: Registry
+  metrics: Metrics
+  /** True once both listeners accept connections. */
+  listening: () => boolean
+}
+
+export default async function healthRoutes (fastify: FastifyInstance, opts: HealthRouteOptions): Promise<void> {
+  const { registry, metrics, listening } = opts
+  fastify.get('/healthz', { config: { label: '/healthz' } }, async (_request, reply) => {
+    if (!listening()) return reply.code(503).send({ status: 'starting' })
+    return { status: 'ok' }
+  })
+  fastify.get('/readyz', { config: { label: '/readyz' } }, async (_request, reply) => {
+    const failing = registry.unready()
+    if (failing.length > 0) return reply.code(503).send({ status: 'unready', failing })
+    return { status: 'ready' }
+  })
+  fastify.get('/metrics', { config: { label: '/metrics' } }, async (_request, reply) => {
+    reply.type(metrics.registry.contentType)
+    return metrics.registry.metrics()
+  })
+}

@@ -1,0 +1,117 @@
+/**
+ * Pass-through proxy routes (`type: proxy`): everything under `prefix` is
+ * streamed to the service, the prefix rewritten and the query kept.
+ *
+ * The body is not parsed: it stays on the socket and is pulled by the
+ * upstream attempt. A body that may need sending twice (the method is in
+ * the service's `retry.methods`) is buffered, bounded by the body limit;
+ * any other body is streamed, and the origin group knows whether a byte of
+ * it left (a POST is re-sent only when its first connection never opened).
+ */
+import { Readable } from 'node:stream'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { GatewayError, upstreamFailure } from '../src/errors.js'
+import { HOP_BY_HOP, connectionNamed, endToEnd } from '../src/http.js'
+import type { ProxyRoute } from '../src/config/schema.js'
+import type { Service } from '../src/upstream/service.js'
+import type { RequestBody, UpstreamResponse } from '../src/upstream/origin-group.js'
+
+export interface ProxyRouteOptions {
+  route: ProxyRoute
+  service: Service
+  bodyLimit: number
+}
+
+const METHODS = ['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE']
+
+export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyRouteOptions): Promise<void> {
+  const { route, service, bodyLimit } = opts
+  const prefix = route.prefix.replace(/\/+$/, '')
+  const rewrite = (route.rewritePrefix ?? prefix).replace(/\/+$/, '')
+  const retryMethods = service.policy.methods
+  const label = route.prefix
+
+  // Leave bodies on the socket: this scope's only parser hands nothing over.
+  fastify.removeAllContentTypeParsers()
+  fastify.addContentTypeParser('*', function (_request, _payload, done) { done(null) })
+
+  async function handler (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const rest = request.url.slice(prefix.length)
+    const path = rest === '' ? (rewrite === '' ? '/' : rewrite) : rest.charCodeAt(0) === 63 /* ? */ ? `${rewrite === '' ? '/' : rewrite}${rest}` : rewrite + rest
+    const headers = endToEnd(request.headers)
+    headers['x-request-id'] = request.id
+    const xff = request.headers['x-forwarded-for']
+    headers['x-forwarded-for'] = xff === undefined ? request.ip : `${Array.isArray(xff) ? xff.join(', ') : xff}, ${request.ip}`
+    headers['x-forwarded-proto'] = request.protocol
+    if (request.headers.host !== undefined) headers['x-forwarded-host'] = request.headers.host
+    const body = await requestBody(request, bodyLimit, retryMethods.has(request.method))
+
+    let res: UpstreamResponse
+    try {
+      res = await service.send({ method: request.method, path, headers, body }, request.headers)
+    } catch (err) {
+      throw upstreamFailure(err, service.name)
+    }
+    request.upstream = res.origin.label
+    reply.code(res.statusCode)
+    const named = connectionNamed(res.headers.connection)
+    for (const key in res.headers) {
+      const v = res.headers[key]
+      if (v === undefined || HOP_BY_HOP.has(key) || (named !== null && named.has(key))) continue
+      reply.header(key, v)
+    }
+    reply.header('x-request-id', request.id)
+    return reply.send(res.body)
+  }
+
+  fastify.route({ method: METHODS, url: prefix === '' ? '/' : prefix, handler, config: { label } })
+  fastify.route({ method: METHODS, url: `${prefix}/*`, handler, config: { label } })
+}
+
+/** The request's body for the upstream, or null when it has none. */
+async function requestBody (request: FastifyRequest, limit: number, buffer: boolean): Promise<RequestBody | null> {
+  const raw = request.raw
+  const te = request.headers['transfer-encoding']
+  const cl = request.headers['content-length']
+  if (te === undefined && (cl === undefined || cl === '0')) return null
+  if (cl !== undefined && Number(cl) > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`)
+  if (buffer) {
+    const chunks: Buffer[] = []
+    let n = 0
+    for await (const chunk of raw) {
+      n += (chunk as Buffer).length
+      if (n > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`)
+      chunks.push(chunk as Buffer)
+    }
+    const all = Buffer.concat(chunks)
+    return { open: () => all, started: false, replayable: true }
+  }
+  return new StreamedBody(raw, limit)
+}
+
+/** A body pulled from the client only when an attempt starts sending it. */
+class StreamedBody implements RequestBody {
+  started = false
+  readonly replayable = false
+  readonly #raw: Readable
+  readonly #limit: number
+
+  constructor (raw: Readable, limit: number) {
+    this.#raw = raw
+    this.#limit = limit
+  }
+
+  open (): Readable {
+    return Readable.from(this.#pull(), { objectMode: false })
+  }
+
+  async * #pull (): AsyncGenerator<Buffer> {
+    this.started = true
+    let n = 0
+    for await (const chunk of this.#raw.iterator({ destroyOnReturn: false })) {
+      n += (chunk as Buffer).length
+      if (n > this.#limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${this.#limit} bytes`)
+      yield chunk as Buffer
+    }
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * Builds the gateway: the public app (proxy and aggregate routes), the
+ * admin app (health, readiness, metrics, operator API), the upstream
+ * registry and the metrics they share. Nothing here listens; `main.ts`
+ * does, and tests call `buildGateway()` directly.
+ */
+import { randomUUID } from 'node:crypto'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import pino, { type Logger } from 'pino'
+import type { GatewayConfig } from './config/schema.js'
+import { Registry, type RegistryOptions } from './upstream/registry.js'
+import { Metrics } from './metrics.js'
+import { acceptRequestId } from './http.js'
+import errors from '../plugins/errors.js'
+import requestLog from '../plugins/request-log.js'
+import proxyRoute from '../routes/proxy.js'
+import aggregateRoute from '../routes/aggregate.js'
+import healthRoutes from '../routes/health.js'
+import adminRoutes from '../routes/admin.js'
+
+export interface Gateway {
+  app: FastifyInstance
+  admin: FastifyInstance
+  registry: Registry
+  metrics: Metrics
+  logger: Logger
+  /** Called once both listeners accept connections (flips `/healthz`). */
+  markListening(): void
+  /** Starts health checks (and Lattice resolution). */
+  start(): void
+  /** Stops both apps (draining in-flight requests) and closes upstream pools. */
+  close(): Promise<void>
+}
+
+export interface BuildOptions extends RegistryOptions {
+  /** A pino logger; by default one at `server.logLevel` writing to stdout. */
+  logger?: Logger
+}
+
+/** Secrets never written to logs, wherever they appear. */
+export const REDACT = [
+  'req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]',
+  'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie',
+  'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken'
+]
+
+export function createLogger (level: string): Logger {
+  return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'lattice-gateway' } })
+}
+
+export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
+  const logger = opts.logger ?? createLogger(config.server.logLevel)
+  const registry = new Registry(config, opts)
+  const metrics = new Metrics()
+  metrics.bind(registry)
+  logTransitions(registry, logger)
+
+  const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
+  const app = Fastify({
+    loggerInstance: logger as FastifyBaseLogger,
+    disableRequestLogging: true,
+    requestIdHeader: false,
+    genReqId,
+    bodyLimit: config.server.bodyLimitBytes,
+    requestTimeout: config.server.requestTimeoutMs,
+    keepAliveTimeout: config.server.keepAliveTimeoutMs,
+    http: { maxHeaderSize: config.server.maxHeaderBytes },
+    return503OnClosing: false,
+    forceCloseConnections: 'idle'
+  })
+  app.server.headersTimeout = config.server.headersTimeoutMs
+  await app.register(errors)
+  await app.register(requestLog, { metrics })
+  for (const route of config.routes) {
+    if (route.type === 'proxy') {
+      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
+    } else {
+      await app.register(aggregateRoute, { route, registry })
+    }
+  }
+
+  let listening = false
+  const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, disableRequestLogging: true, genReqId, requestIdHeader: false, forceCloseConnections: true })
+  await admin.register(errors)
+  await admin.register(requestLog, { metrics: null })
+  await admin.register(healthRoutes, { registry, metrics, listening: () => listening })
+  await admin.register(adminRoutes, { registry, token: config.admin.token })
+
+  await app.ready()
+  await admin.ready()
+  return {
+    app,
+    admin,
+    registry,
+    metrics,
+    logger,
+    markListening () { listening = true },
+    start () { registry.start() },
+    async close () {
+      listening = false
+      await app.close()
+      await admin.close()
+      await registry.close()
+    }
+  }
+}
+
+/** One log line per state transition, never per request. */
+function logTransitions (registry: Registry, logger: Logger): void {
+  registry.on('health', (e) => logger.warn({ event: 'origin_health', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, healthy: e.healthy, reason: e.reason }, `origin ${e.origin.label} is ${e.healthy ? 'healthy' : 'unhealthy'}`))
+  registry.on('breaker', (e) => logger.info({ event: 'breaker', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, state: e.state }, `breaker of ${e.origin.label} is ${e.state}`))
+  registry.on('failover', (e) => logger.warn({ event: 'failover', service: e.service, deployment: e.deployment, kind: e.kind, from: e.from, to: e.to, reason: e.reason }, `${e.service}/${e.deployment}: ${e.kind} ${e.from} -> ${e.to}`))
+  registry.on('traffic', (e) => logger.warn({ event: 'traffic', service: e.service, from: e.from, to: e.to, by: e.by }, `${e.service}: traffic changed`))
+}

@@ -1,0 +1,284 @@
+/**
+ * Config loading: file -> `${VAR}` substitution -> YAML/JSON -> defaults ->
+ * validation -> cross-checks -> one frozen object.
+ *
+ * Every problem is collected, not only the first, and reported with its
+ * path in the file (`services.product.healthCheck.intervalMs: must be >= 50`)
+ * so an operator fixes a broken file in one pass. This runs once at start;
+ * nothing here is on the request path.
+ */
+import { readFileSync } from 'node:fs'
+import { extname } from 'node:path'
+import { parse as parseYaml } from 'yaml'
+import type { TSchema } from '@sinclair/typebox'
+import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value'
+import {
+  TopSchema, ServiceSchema, DeploymentSchema, LatticeOriginSchema, OriginUrlSchema,
+  ProxyRouteSchema, AggregateRouteSchema,
+  type GatewayConfig, type ServiceConfig, type RouteConfig, type DeploymentConfig, type OriginSpec
+} from './schema.js'
+
+/** One problem in a config file. */
+export interface ConfigIssue {
+  path: string
+  message: string
+}
+
+/** Thrown when a config cannot be used; carries every issue found. */
+export class ConfigError extends Error {
+  readonly issues: ConfigIssue[]
+  constructor (issues: ConfigIssue[], source = 'config') {
+    super(`${source}: ${issues.length} error${issues.length === 1 ? '' : 's'}\n` + issues.map((i) => `  ${i.path === '' ? '(top)' : i.path}: ${i.message}`).join('\n'))
+    this.name = 'ConfigError'
+    this.issues = issues
+  }
+}
+
+/** Replaces `${VAR}` and `${VAR:-default}` in the file's text (unset without default: empty). */
+export function substituteEnv (text: string, env: NodeJS.ProcessEnv = process.env): string {
+  return text.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g, (_m, name: string, def: string | undefined) => {
+    const value = env[name]
+    if (value !== undefined && value !== '') return value
+    return def ?? ''
+  })
+}
+
+/** Reads, substitutes, parses and validates a config file. Throws ConfigError. */
+export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.env): GatewayConfig {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    const reason = err instanceof Error && 'code' in err ? String(err.code) : 'unreadable'
+    throw new ConfigError([{ path: '', message: `cannot read config file ${file} (${reason})` }], file)
+  }
+  let raw: unknown
+  const substituted = substituteEnv(text, env)
+  try {
+    raw = extname(file).toLowerCase() === '.json' ? JSON.parse(substituted) : parseYaml(substituted)
+  } catch (err) {
+    throw new ConfigError([{ path: '', message: `not valid ${extname(file).toLowerCase() === '.json' ? 'JSON' : 'YAML'}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}` }], file)
+  }
+  return validateConfig(raw, file)
+}
+
+/** Validates an already-parsed config object (the loader's core; tests call it directly). */
+export function validateConfig (raw: unknown, source = 'config'): GatewayConfig {
+  const issues: ConfigIssue[] = []
+  if (raw === null || raw === undefined) raw = {}
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError([{ path: '', message: 'the config must be a mapping with services and routes' }], source)
+  // The top level is checked for shape only; its parts are checked below
+  // even when it has errors, so one run reports everything.
+  check(TopSchema, raw, '', issues)
+  const top = Value.Default(TopSchema, structuredClone(raw)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'], services: Record<string, Record<string, unknown>>, routes: unknown[] }
+  if (typeof top.services !== 'object' || top.services === null) top.services = {}
+  if (!Array.isArray(top.routes)) top.routes = []
+
+  const services: Record<string, ServiceConfig> = {}
+  for (const [name, svc] of Object.entries(top.services ?? {})) {
+    const s = compileService(name, svc, issues)
+    if (s !== undefined) services[name] = s
+  }
+  if (Object.keys(top.services ?? {}).length === 0) issues.push({ path: 'services', message: 'at least one service is required' })
+
+  const routes: RouteConfig[] = []
+  const seen = new Map<string, string>()
+  top.routes.forEach((r, i) => {
+    const path = `routes[${i}]`
+    const route = compileRoute(r, path, issues)
+    if (route === undefined) return
+    const services_ = route.type === 'proxy' ? [[`${path}.service`, route.service]] : Object.entries(route.sections).map(([k, s]) => [`${path}.sections.${k}.service`, s.service])
+    for (const [p, svc] of services_) {
+      if (!(svc! in (top.services ?? {}))) issues.push({ path: p!, message: `unknown service "${svc}" (defined: ${Object.keys(top.services ?? {}).join(', ') || 'none'})` })
+    }
+    const key = route.type === 'proxy' ? `prefix ${route.prefix.replace(/\/+$/, '') || '/'}` : `${route.method} ${normaliseTemplate(route.path)}`
+    const prev = seen.get(key)
+    if (prev !== undefined) issues.push({ path: `${path}.${route.type === 'proxy' ? 'prefix' : 'path'}`, message: `duplicate route: same ${key} as ${prev}` })
+    else seen.set(key, path)
+    routes.push(route)
+  })
+
+  if (issues.length > 0) throw new ConfigError(issues, source)
+  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, services, routes })
+}
+
+function compileService (name: string, raw: Record<string, unknown>, issues: ConfigIssue[]): ServiceConfig | undefined {
+  const base = `services.${name}`
+  if (typeof raw !== 'object' || raw === null) {
+    issues.push({ path: base, message: 'must be a mapping with origins or deployments' })
+    return undefined
+  }
+  const before = issues.length
+  check(ServiceSchema, raw, base, issues)
+  // Go on with the defaulted value so origin errors are reported too.
+  const svc = Value.Default(ServiceSchema, structuredClone(raw)) as Record<string, unknown> & ServiceConfig & { origins?: unknown }
+  const hasOrigins = svc.origins !== undefined
+  const hasDeployments = raw.deployments !== undefined
+  if (hasOrigins === hasDeployments) {
+    issues.push({ path: base, message: hasOrigins ? 'has both "origins" and "deployments"; use one' : 'needs "origins" (primary/secondary) or "deployments"' })
+    return undefined
+  }
+  const deploymentsRaw = hasOrigins ? { default: svc.origins } : (raw.deployments as Record<string, unknown>)
+  const deployments: Record<string, DeploymentConfig> = {}
+  for (const [dep, d] of Object.entries(deploymentsRaw)) {
+    const dpath = hasOrigins ? `${base}.origins` : `${base}.deployments.${dep}`
+    const checked = check(DeploymentSchema, d, dpath, issues) as { primary: unknown, secondary?: unknown } | undefined
+    if (checked === undefined) continue
+    const primary = checkOrigin(checked.primary, `${dpath}.primary`, issues)
+    const secondary = checked.secondary === undefined ? undefined : checkOrigin(checked.secondary, `${dpath}.secondary`, issues)
+    if (primary !== undefined) deployments[dep] = secondary === undefined ? { primary } : { primary, secondary }
+  }
+  const names = Object.keys(deploymentsRaw)
+  if (names.length === 0) issues.push({ path: `${base}.deployments`, message: 'needs at least one deployment' })
+  let traffic: Record<string, number>
+  if (svc.traffic === undefined) {
+    // Without weights the first deployment takes all traffic: a deployment
+    // added later gets none until an operator shifts it.
+    traffic = Object.fromEntries(names.map((n, i) => [n, i === 0 ? 100 : 0]))
+  } else {
+    traffic = { ...svc.traffic }
+    for (const k of Object.keys(traffic)) {
+      if (!names.includes(k)) issues.push({ path: `${base}.traffic.${k}`, message: `unknown deployment (defined: ${names.join(', ')})` })
+    }
+    for (const n of names) traffic[n] ??= 0
+    if (names.length > 0 && Object.values(traffic).every((w) => w === 0)) issues.push({ path: `${base}.traffic`, message: 'all weights are 0; at least one deployment needs traffic' })
+  }
+  if (svc.sticky !== undefined && (svc.sticky.header === undefined) === (svc.sticky.cookie === undefined)) {
+    issues.push({ path: `${base}.sticky`, message: 'give exactly one of "header" or "cookie"' })
+  }
+  if (issues.length > before) return undefined
+  const { origins: _o, ...rest } = svc
+  return { ...rest, deployments, traffic } as ServiceConfig
+}
+
+function checkOrigin (raw: unknown, path: string, issues: ConfigIssue[]): OriginSpec | undefined {
+  if (typeof raw === 'string') {
+    const s = check(OriginUrlSchema, raw, path, issues) as string | undefined
+    if (s === undefined) return undefined
+    let url: URL
+    try {
+      url = new URL(s)
+    } catch {
+      issues.push({ path, message: `not a URL: "${s}" (expected e.g. http://10.0.0.5:8080)` })
+      return undefined
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      issues.push({ path, message: `unsupported scheme ${url.protocol} (http or https)` })
+      return undefined
+    }
+    if ((url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '') {
+      issues.push({ path, message: 'an origin is scheme://host[:port] only; put paths in routes' })
+      return undefined
+    }
+    return url.origin
+  }
+  if (typeof raw === 'object' && raw !== null) return check(LatticeOriginSchema, raw, path, issues) as OriginSpec | undefined
+  issues.push({ path, message: 'must be a URL string or { lattice: { service, port, protocol, auth } }' })
+  return undefined
+}
+
+function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): RouteConfig | undefined {
+  const type = typeof raw === 'object' && raw !== null && 'type' in raw ? raw.type : undefined
+  if (type === 'proxy') return check(ProxyRouteSchema, raw, path, issues) as RouteConfig | undefined
+  if (type === 'aggregate') {
+    const route = check(AggregateRouteSchema, raw, path, issues) as RouteConfig | undefined
+    if (route === undefined || route.type !== 'aggregate') return undefined
+    const params = new Set([...route.path.matchAll(/:([A-Za-z0-9_]+)/g)].map((m) => m[1]))
+    if (Object.keys(route.sections).length === 0) issues.push({ path: `${path}.sections`, message: 'needs at least one section' })
+    for (const [key, s] of Object.entries(route.sections)) {
+      for (const m of s.path.matchAll(/\{([^}]*)\}/g)) {
+        if (!params.has(m[1]!)) issues.push({ path: `${path}.sections.${key}.path`, message: `placeholder {${m[1]}} is not a parameter of ${route.path}` })
+      }
+    }
+    return { ...route, forwardHeaders: route.forwardHeaders.map((h) => h.toLowerCase()) }
+  }
+  issues.push({ path: `${path}.type`, message: 'must be "proxy" or "aggregate"' })
+  return undefined
+}
+
+function normaliseTemplate (path: string): string {
+  return path.replace(/:[A-Za-z0-9_]+/g, ':').replace(/\/+$/, '') || '/'
+}
+
+/** Applies defaults and validates one value against a schema; pushes issues; returns the defaulted value or undefined. */
+function check (schema: TSchema, raw: unknown, base: string, issues: ConfigIssue[]): unknown {
+  const value = Value.Default(schema, structuredClone(raw))
+  const seen = new Set<string>()
+  let ok = true
+  for (const e of Value.Errors(schema, value)) {
+    const path = joinPath(base, e.path)
+    // One message per path: a failed union or a missing key yields several.
+    if (seen.has(path)) continue
+    seen.add(path)
+    ok = false
+    issues.push({ path, message: describe(e) })
+  }
+  return ok ? value : undefined
+}
+
+function joinPath (base: string, pointer: string): string {
+  let out = base
+  for (const part of pointer.split('/').slice(1)) {
+    const key = part.replace(/~1/g, '/').replace(/~0/g, '~')
+    if (/^\d+$/.test(key)) out += `[${key}]`
+    else out += out === '' ? key : `.${key}`
+  }
+  return out
+}
+
+function describe (e: ValueError): string {
+  const s = e.schema as Record<string, unknown>
+  switch (e.type) {
+    case ValueErrorType.ObjectAdditionalProperties: {
+      const allowed = Object.keys((s.properties ?? {}) as object)
+      const key = e.path.split('/').pop() ?? ''
+      const near = allowed.find((a) => editDistance(a.toLowerCase(), key.toLowerCase()) <= 2)
+      return `unknown key${near !== undefined ? ` (did you mean "${near}"?)` : ''}${allowed.length > 0 ? ` — allowed: ${allowed.join(', ')}` : ''}`
+    }
+    case ValueErrorType.ObjectRequiredProperty: return 'is required'
+    case ValueErrorType.IntegerMinimum:
+    case ValueErrorType.NumberMinimum: return `must be >= ${String(s.minimum)}`
+    case ValueErrorType.IntegerMaximum:
+    case ValueErrorType.NumberMaximum: return `must be <= ${String(s.maximum)}`
+    case ValueErrorType.NumberExclusiveMinimum:
+    case ValueErrorType.IntegerExclusiveMinimum: return `must be > ${String(s.exclusiveMinimum)}`
+    case ValueErrorType.Integer: return `must be an integer (got ${show(e.value)})`
+    case ValueErrorType.Number: return `must be a number (got ${show(e.value)})`
+    case ValueErrorType.String: return `must be a string (got ${show(e.value)})`
+    case ValueErrorType.StringMinLength: return 'must not be empty'
+    case ValueErrorType.StringPattern: return s.pattern === '^/' || s.pattern === '^(/.*)?$' ? `must start with "/" (got ${show(e.value)})` : `must match ${String(s.pattern)} (got ${show(e.value)})`
+    case ValueErrorType.Boolean: return `must be true or false (got ${show(e.value)})`
+    case ValueErrorType.Object: return `must be a mapping (got ${show(e.value)})`
+    case ValueErrorType.Array: return `must be a list (got ${show(e.value)})`
+    case ValueErrorType.ArrayUniqueItems: return 'must not repeat items'
+    case ValueErrorType.Literal: return `must be ${show(s.const)} (got ${show(e.value)})`
+    case ValueErrorType.Union: {
+      const options = ((s.anyOf ?? []) as Array<{ const?: unknown }>).map((o) => o.const).filter((c) => c !== undefined)
+      return options.length > 0 ? `must be one of ${options.map(show).join(', ')} (got ${show(e.value)})` : e.message
+    }
+    default: return e.message
+  }
+}
+
+function show (v: unknown): string {
+  return v === undefined ? 'nothing' : JSON.stringify(v)
+}
+
+function editDistance (a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)])
+  for (let j = 1; j <= b.length; j++) d[0]![j] = j
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+  }
+  return d[a.length]![b.length]!
+}
+
+function deepFreeze<T> (o: T): T {
+  if (typeof o === 'object' && o !== null && !Object.isFrozen(o)) {
+    Object.freeze(o)
+    for (const v of Object.values(o)) deepFreeze(v)
+  }
+  return o
+}

@@ -1,0 +1,163 @@
+/**
+ * The configuration file's schema (SPEC §3), with its defaults.
+ *
+ * TypeBox gives both the JSON schema the loader validates against and the
+ * static types the rest of the gateway reads. Every object is closed
+ * (`additionalProperties: false`) so a typo is an error at its own path.
+ * Unions (an origin is a URL or a Lattice reference; a route is a proxy or
+ * an aggregate) are validated by the loader branch by branch, so their
+ * errors name the branch the user meant.
+ */
+import { Type, type Static, type TInteger, type TObject, type TProperties } from '@sinclair/typebox'
+
+const closed = <T extends TProperties>(props: T, opts: { default?: unknown, description?: string } = {}): TObject<T> =>
+  Type.Object(props, { additionalProperties: false, ...opts })
+
+const Ms = (min: number, def: number): TInteger => Type.Integer({ minimum: min, default: def })
+const Port = (def: number): TInteger => Type.Integer({ minimum: 0, maximum: 65535, default: def })
+
+export const HTTP_METHODS = ['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE'] as const
+
+export const ServerSchema = closed({
+  host: Type.String({ default: '0.0.0.0', minLength: 1 }),
+  port: Port(8080),
+  bodyLimitBytes: Type.Integer({ minimum: 0, default: 1048576 }),
+  shutdownGraceMs: Ms(0, 10000),
+  /** Slow clients: whole request (Node's `requestTimeout`) and headers alone. */
+  requestTimeoutMs: Ms(1, 30000),
+  headersTimeoutMs: Ms(1, 10000),
+  keepAliveTimeoutMs: Ms(1, 72000),
+  maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1048576, default: 16384 }),
+  maxUrlLength: Type.Integer({ minimum: 64, default: 8192 }),
+  logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })
+}, { default: {} })
+
+export const AdminSchema = closed({
+  host: Type.String({ default: '127.0.0.1', minLength: 1 }),
+  port: Port(9901),
+  token: Type.String({ default: '' })
+}, { default: {} })
+
+export const LatticeSchema = closed({
+  region: Type.Optional(Type.String({ minLength: 1 })),
+  endpoint: Type.Optional(Type.String({ format: 'uri', minLength: 1 })),
+  refreshIntervalMs: Ms(100, 60000)
+}, { default: {} })
+
+export const LatticeOriginSchema = closed({
+  lattice: closed({
+    service: Type.String({ minLength: 1, description: 'name, id or ARN' }),
+    port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535 })),
+    protocol: Type.Union([Type.Literal('http'), Type.Literal('https')], { default: 'https' }),
+    auth: Type.Union([Type.Literal('none'), Type.Literal('iam')], { default: 'none' })
+  })
+})
+
+export const OriginUrlSchema = Type.String({ minLength: 1 })
+
+/** An origin as written: a URL or a Lattice reference. */
+export type OriginSpec = string | Static<typeof LatticeOriginSchema>
+
+export const DeploymentSchema = closed({
+  primary: Type.Unknown(),
+  secondary: Type.Optional(Type.Unknown())
+})
+
+const StatusCode = Type.Integer({ minimum: 100, maximum: 599 })
+const Method = Type.Union(HTTP_METHODS.map((m) => Type.Literal(m)))
+
+export const ServiceSchema = closed({
+  timeoutMs: Ms(1, 2000),
+  retry: closed({
+    methods: Type.Array(Method, { default: ['GET', 'HEAD', 'OPTIONS'], uniqueItems: true }),
+    onStatus: Type.Array(StatusCode, { default: [500, 502, 503, 504], uniqueItems: true })
+  }, { default: {} }),
+  healthCheck: closed({
+    path: Type.String({ pattern: '^/', default: '/health' }),
+    intervalMs: Ms(50, 1000),
+    timeoutMs: Ms(1, 500),
+    unhealthyThreshold: Type.Integer({ minimum: 1, default: 2 }),
+    healthyThreshold: Type.Integer({ minimum: 1, default: 2 })
+  }, { default: {} }),
+  circuitBreaker: closed({
+    errorThresholdPercentage: Type.Number({ exclusiveMinimum: 0, maximum: 100, default: 50 }),
+    volumeThreshold: Type.Integer({ minimum: 1, default: 10 }),
+    resetTimeoutMs: Ms(10, 5000),
+    /** Rolling window the error percentage is computed over. */
+    windowMs: Ms(100, 10000)
+  }, { default: {} }),
+  failback: Type.Union([Type.Literal('auto'), Type.Literal('manual')], { default: 'auto' }),
+  /** Upstream sockets per origin: a bulkhead so one slow service cannot take them all. */
+  maxConnections: Type.Integer({ minimum: 1, default: 256 }),
+  origins: Type.Optional(DeploymentSchema),
+  deployments: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), DeploymentSchema)),
+  traffic: Type.Optional(Type.Record(Type.String(), Type.Integer({ minimum: 0 }))),
+  sticky: Type.Optional(closed({
+    header: Type.Optional(Type.String({ minLength: 1 })),
+    cookie: Type.Optional(Type.String({ minLength: 1 }))
+  }))
+})
+
+export const ProxyRouteSchema = closed({
+  type: Type.Literal('proxy'),
+  prefix: Type.String({ pattern: '^/' }),
+  service: Type.String({ minLength: 1 }),
+  rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$' }))
+})
+
+export const SectionSchema = closed({
+  service: Type.String({ minLength: 1 }),
+  path: Type.String({ pattern: '^/' }),
+  required: Type.Boolean({ default: false })
+}, { default: {} }) // a default marks it for TypeBox to fill defaults inside Record values
+
+export const AggregateRouteSchema = closed({
+  type: Type.Literal('aggregate'),
+  method: Type.Union([Type.Literal('GET'), Type.Literal('HEAD')], { default: 'GET' }),
+  path: Type.String({ pattern: '^/' }),
+  timeoutMs: Ms(1, 1500),
+  /** Client headers passed on to every section call (lower-cased). */
+  forwardHeaders: Type.Array(Type.String({ minLength: 1 }), { default: ['authorization', 'accept-language'] }),
+  /** A section answer larger than this is a failed section. */
+  maxSectionBytes: Type.Integer({ minimum: 1, default: 1048576 }),
+  sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema)
+})
+
+export const TopSchema = closed({
+  server: ServerSchema,
+  admin: AdminSchema,
+  lattice: LatticeSchema,
+  services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {} }),
+  routes: Type.Array(Type.Unknown(), { default: [] })
+})
+
+export type ServerConfig = Static<typeof ServerSchema> & { logLevel: string }
+export type AdminConfig = Static<typeof AdminSchema>
+export type LatticeConfig = Static<typeof LatticeSchema>
+export type LatticeOrigin = Static<typeof LatticeOriginSchema>['lattice']
+type ServiceRaw = Static<typeof ServiceSchema>
+export type ProxyRoute = Static<typeof ProxyRouteSchema>
+export type AggregateRoute = Static<typeof AggregateRouteSchema>
+export type SectionConfig = Static<typeof SectionSchema>
+export type RouteConfig = ProxyRoute | AggregateRoute
+
+/** One deployment after validation: a primary and an optional secondary. */
+export interface DeploymentConfig {
+  primary: OriginSpec
+  secondary?: OriginSpec
+}
+
+/** A service after validation: the short `origins` form becomes deployment "default". */
+export type ServiceConfig = Omit<ServiceRaw, 'origins' | 'deployments' | 'traffic'> & {
+  deployments: Record<string, DeploymentConfig>
+  traffic: Record<string, number>
+}
+
+/** The whole validated, defaulted and frozen configuration. */
+export interface GatewayConfig {
+  server: ServerConfig
+  admin: AdminConfig
+  lattice: LatticeConfig
+  services: Record<string, ServiceConfig>
+  routes: RouteConfig[]
+}

@@ -1,0 +1,77 @@
+/**
+ * Prometheus metrics (SPEC §7 names). Label children are bound once —
+ * at start-up for upstream outcomes, on first use for request statuses —
+ * so the request path does a Map lookup at most, never a label-object
+ * hash. State gauges are updated from the registry's transition events.
+ */
+import client from 'prom-client'
+import type { Registry } from './upstream/registry.js'
+import type { Outcome } from './upstream/origin.js'
+
+const OUTCOMES: Outcome[] = ['ok', 'error_status', 'connect_error', 'timeout', 'reset']
+
+export class Metrics {
+  readonly registry = new client.Registry()
+  readonly #requests: client.Counter<'route' | 'method' | 'status'>
+  readonly #duration: client.Histogram<'route'>
+  readonly upstream: client.Counter<'service' | 'deployment' | 'origin' | 'outcome'>
+  readonly failovers: client.Counter<'service' | 'deployment' | 'kind'>
+  readonly originHealthy: client.Gauge<'service' | 'deployment' | 'origin'>
+  readonly trafficWeight: client.Gauge<'service' | 'deployment'>
+  readonly trafficChanges: client.Counter<'service'>
+  readonly #requestChildren = new Map<string, client.Counter.Internal>()
+  readonly #durationChildren = new Map<string, client.Histogram.Internal<'route'>>()
+
+  constructor () {
+    const registers = [this.registry]
+    client.collectDefaultMetrics({ register: this.registry })
+    this.#requests = new client.Counter({ name: 'gateway_requests_total', help: 'Client requests by route, method and status', labelNames: ['route', 'method', 'status'], registers })
+    this.#duration = new client.Histogram({ name: 'gateway_request_duration_seconds', help: 'Client request duration', labelNames: ['route'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers })
+    this.upstream = new client.Counter({ name: 'gateway_upstream_requests_total', help: 'Upstream attempts by origin and outcome', labelNames: ['service', 'deployment', 'origin', 'outcome'], registers })
+    this.failovers = new client.Counter({ name: 'gateway_failovers_total', help: 'Retries to the other origin, stateful switches and failbacks', labelNames: ['service', 'deployment', 'kind'], registers })
+    this.originHealthy = new client.Gauge({ name: 'gateway_origin_healthy', help: '1 when the origin is healthy', labelNames: ['service', 'deployment', 'origin'], registers })
+    this.trafficWeight = new client.Gauge({ name: 'gateway_traffic_weight', help: 'Current traffic weight of a deployment', labelNames: ['service', 'deployment'], registers })
+    this.trafficChanges = new client.Counter({ name: 'gateway_traffic_changes_total', help: 'Traffic weight changes made through the admin API', labelNames: ['service'], registers })
+  }
+
+  /** Records one finished client request. */
+  observeRequest (route: string, method: string, status: number, seconds: number): void {
+    const key = `${route}\u0000${method}\u0000${status}`
+    let c = this.#requestChildren.get(key)
+    if (c === undefined) {
+      c = this.#requests.labels(route, method, String(status))
+      this.#requestChildren.set(key, c)
+    }
+    c.inc()
+    let h = this.#durationChildren.get(route)
+    if (h === undefined) {
+      h = this.#duration.labels(route)
+      this.#durationChildren.set(route, h)
+    }
+    h.observe(seconds)
+  }
+
+  /** Wires every origin and deployment of the registry to these metrics. */
+  bind (registry: Registry): void {
+    for (const { origin } of registry.origins) {
+      const children = new Map(OUTCOMES.map((o) => [o, this.upstream.labels(origin.service, origin.deployment, origin.role, o)]))
+      origin.onOutcome = (outcome) => children.get(outcome)!.inc()
+      this.originHealthy.labels(origin.service, origin.deployment, origin.role).set(origin.healthy ? 1 : 0)
+    }
+    for (const service of registry.services.values()) {
+      for (const [dep, group] of service.groups) {
+        const retries = this.failovers.labels(service.name, dep, 'retry')
+        group.onRetry = () => retries.inc()
+        for (const kind of ['switch', 'failback'] as const) this.failovers.labels(service.name, dep, kind).inc(0)
+        this.trafficWeight.labels(service.name, dep).set(service.traffic[dep] ?? 0)
+      }
+      this.trafficChanges.labels(service.name).inc(0)
+    }
+    registry.on('health', (e) => this.originHealthy.labels(e.origin.service, e.origin.deployment, e.origin.role).set(e.healthy ? 1 : 0))
+    registry.on('failover', (e) => this.failovers.labels(e.service, e.deployment, e.kind).inc())
+    registry.on('traffic', (e) => {
+      this.trafficChanges.labels(e.service).inc()
+      for (const [dep, w] of Object.entries(e.to)) this.trafficWeight.labels(e.service, dep).set(w)
+    })
+  }
+}

@@ -1,0 +1,199 @@
+/**
+ * A deployment's origins — a primary and an optional secondary — and the
+ * one function that sends a request through them with failover (SPEC §4).
+ * Proxy routes and aggregate sections both call `send()`; failover logic
+ * lives here and nowhere else.
+ *
+ * Two mechanisms, as in the AWS hybrid-failover pattern but without its
+ * minute-long switch:
+ * - stateful: `active` follows the origins' health transitions (active
+ *   checks and the passive breaker). While the primary is down and the
+ *   secondary up, requests go straight to the secondary.
+ * - stateless: a failed attempt is sent once to the other origin when that
+ *   is safe: always when the connection could not be established (nothing
+ *   was sent), otherwise only for a `retry.methods` request whose body, if
+ *   any, can be sent again.
+ */
+import { EventEmitter } from 'node:events'
+import type { IncomingHttpHeaders } from 'node:http'
+import type { Readable } from 'node:stream'
+import type { Dispatcher } from 'undici'
+import { GatewayError, classifyUpstreamError } from '../errors.js'
+import type { Origin, OriginRole, OriginHealthEvent } from './origin.js'
+
+export type FailoverKind = 'retry' | 'switch' | 'failback'
+
+export interface FailoverEvent {
+  service: string
+  deployment: string
+  kind: FailoverKind
+  from: OriginRole
+  to: OriginRole
+  reason: string
+}
+
+/** What a service's config says about retrying; compiled once into Sets. */
+export interface SendPolicy {
+  methods: ReadonlySet<string>
+  onStatus: ReadonlySet<number>
+  timeoutMs: number
+}
+
+/** A request body that can be handed to one attempt, and maybe another. */
+export interface RequestBody {
+  /** A body for one attempt. */
+  open(): Buffer | string | Readable
+  /** True once any byte was pulled for sending: the origin may have it. */
+  readonly started: boolean
+  /** True when `open()` can be called again (the body is buffered). */
+  readonly replayable: boolean
+}
+
+export interface UpstreamRequest {
+  method: string
+  /** Path and query on the origin. */
+  path: string
+  headers: Record<string, string | string[]>
+  body: RequestBody | null
+  /** The caller's deadline (aggregate routes); aborting it stops everything. */
+  signal?: AbortSignal
+}
+
+export interface UpstreamResponse {
+  statusCode: number
+  headers: IncomingHttpHeaders
+  body: Dispatcher.ResponseData['body']
+  origin: Origin
+  /** True when this answer came from the second attempt. */
+  retried: boolean
+}
+
+export type FailbackMode = 'auto' | 'manual'
+
+export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
+  readonly service: string
+  readonly deployment: string
+  readonly primary: Origin
+  readonly secondary: Origin | null
+  readonly failbackMode: FailbackMode
+  /** Set by the metrics plugin: counts stateless retries. */
+  onRetry: ((from: Origin, to: Origin, reason: string) => void) | null = null
+  #active: Origin
+
+  constructor (service: string, deployment: string, primary: Origin, secondary: Origin | null, failback: FailbackMode) {
+    super()
+    this.service = service
+    this.deployment = deployment
+    this.primary = primary
+    this.secondary = secondary
+    this.failbackMode = failback
+    this.#active = primary
+    const onHealth = (e: OriginHealthEvent): void => this.#reevaluate(`${e.origin.role} ${e.healthy ? 'healthy' : 'unhealthy'}: ${e.reason}`)
+    primary.on('health', onHealth)
+    secondary?.on('health', onHealth)
+  }
+
+  /** The origin traffic goes to now (stateful choice). */
+  get active (): Origin { return this.#active }
+
+  /** True when some origin of this deployment is healthy. */
+  get healthy (): boolean { return this.primary.healthy || (this.secondary?.healthy ?? false) }
+
+  /**
+   * Returns a `manual` deployment to its primary. Throws GW_CONFLICT when the
+   * primary is not healthy (traffic would only move straight back).
+   * Resolves false when traffic is already on the primary.
+   */
+  failback (): boolean {
+    if (this.#active === this.primary) return false
+    if (!this.primary.healthy) throw new GatewayError('GW_CONFLICT', `the primary of ${this.service}/${this.deployment} is not healthy; failback refused`)
+    this.#moveTo(this.primary, 'failback', 'operator failback')
+    return true
+  }
+
+  /** Sends a request with failover; resolves with the answer the client should see. */
+  async send (req: UpstreamRequest, policy: SendPolicy): Promise<UpstreamResponse> {
+    let first = this.#active
+    let second = first === this.primary ? this.secondary : this.primary
+    // An origin without an address (unresolved Lattice name) is skipped.
+    if (first.dispatcher === null && second !== null && second.dispatcher !== null) [first, second] = [second, first]
+    const idempotent = policy.methods.has(req.method)
+    let reason: string
+    try {
+      const res = await attempt(first, req, policy, false)
+      if (second === null || !idempotent || !policy.onStatus.has(res.statusCode) || (req.body !== null && !req.body.replayable)) return res
+      // The client sees the second answer only.
+      res.body.dump().catch(() => {})
+      reason = `status ${res.statusCode}`
+    } catch (err) {
+      if (second === null || req.signal?.aborted === true) throw err
+      const kind = classifyUpstreamError(err)
+      const neverSent = kind === 'connect' && (req.body === null || !req.body.started)
+      const replayable = idempotent && (req.body === null || req.body.replayable)
+      if (!neverSent && !replayable) throw err
+      reason = kind === 'connect' ? 'connect failed' : kind
+    }
+    if (this.onRetry !== null) this.onRetry(first, second, reason)
+    return attempt(second, req, policy, true)
+  }
+
+  #reevaluate (reason: string): void {
+    const p = this.primary
+    const s = this.secondary
+    if (s === null) return
+    if (this.#active === p) {
+      if (!p.healthy && s.healthy) this.#moveTo(s, 'switch', reason)
+    } else if (p.healthy && (this.failbackMode === 'auto' || !s.healthy)) {
+      this.#moveTo(p, s.healthy ? 'failback' : 'switch', reason)
+    } else if (!p.healthy && !s.healthy) {
+      // Both down: the primary is the least bad choice.
+      this.#moveTo(p, 'switch', reason)
+    }
+  }
+
+  #moveTo (to: Origin, kind: FailoverKind, reason: string): void {
+    const from = this.#active
+    this.#active = to
+    this.emit('failover', { service: this.service, deployment: this.deployment, kind, from: from.role, to: to.role, reason })
+  }
+}
+
+/** One attempt on one origin, bounded by the service's `timeoutMs` from connect to last byte. */
+async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean): Promise<UpstreamResponse> {
+  const dispatcher = origin.dispatcher
+  if (dispatcher === null) {
+    origin.report('connect_error')
+    throw Object.assign(new Error(`${origin.label} has no address yet`), { code: 'GW_UNRESOLVED' })
+  }
+  const ac = new AbortController()
+  const timer = setTimeout(abortOnDeadline, policy.timeoutMs, ac)
+  const caller = req.signal
+  const onCallerAbort = (): void => ac.abort(caller?.reason)
+  caller?.addEventListener('abort', onCallerAbort, { once: true })
+  const done = (): void => {
+    clearTimeout(timer)
+    caller?.removeEventListener('abort', onCallerAbort)
+  }
+  let res: Dispatcher.ResponseData
+  try {
+    res = await dispatcher.request({
+      method: req.method as Dispatcher.HttpMethod,
+      path: req.path,
+      headers: req.headers,
+      body: req.body === null ? null : req.body.open(),
+      signal: ac.signal
+    })
+  } catch (err) {
+    done()
+    const kind = classifyUpstreamError(err)
+    origin.report(kind === 'connect' ? 'connect_error' : kind)
+    throw err
+  }
+  res.body.once('close', done)
+  origin.report(res.statusCode >= 500 ? 'error_status' : 'ok')
+  return { statusCode: res.statusCode, headers: res.headers, body: res.body, origin, retried }
+}
+
+function abortOnDeadline (ac: AbortController): void {
+  ac.abort(new GatewayError('GW_DEADLINE', 'upstream attempt timed out'))
+}
