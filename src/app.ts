@@ -5,7 +5,7 @@
  * does, and tests call `buildGateway()` directly.
  */
 import { randomUUID } from 'node:crypto'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
 import { Registry, type RegistryOptions } from './upstream/registry.js'
@@ -58,7 +58,8 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   const app = Fastify({
     loggerInstance: logger as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // One access-log line per request is written by plugins/request-log.ts.
+    logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
     genReqId,
     bodyLimit: config.server.bodyLimitBytes,
@@ -80,7 +81,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   }
 
   let listening = false
-  const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, disableRequestLogging: true, genReqId, requestIdHeader: false, forceCloseConnections: true })
+  const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
   await admin.register(healthRoutes, { registry, metrics, listening: () => listening })
