@@ -18,7 +18,7 @@ export class Metrics {
   readonly failovers: client.Counter<'service' | 'deployment' | 'kind'>
   readonly originHealthy: client.Gauge<'service' | 'deployment' | 'origin'>
   readonly trafficWeight: client.Gauge<'service' | 'deployment'>
-  readonly trafficChanges: client.Counter<'service'>
+  readonly trafficChanges: client.Counter<'service' | 'deployment'>
   readonly #requestChildren = new Map<string, client.Counter.Internal>()
   readonly #durationChildren = new Map<string, client.Histogram.Internal<'route'>>()
 
@@ -31,7 +31,7 @@ export class Metrics {
     this.failovers = new client.Counter({ name: 'gateway_failovers_total', help: 'Retries to the other origin, stateful switches and failbacks', labelNames: ['service', 'deployment', 'kind'], registers })
     this.originHealthy = new client.Gauge({ name: 'gateway_origin_healthy', help: '1 when the origin is healthy', labelNames: ['service', 'deployment', 'origin'], registers })
     this.trafficWeight = new client.Gauge({ name: 'gateway_traffic_weight', help: 'Current traffic weight of a deployment', labelNames: ['service', 'deployment'], registers })
-    this.trafficChanges = new client.Counter({ name: 'gateway_traffic_changes_total', help: 'Traffic weight changes made through the admin API', labelNames: ['service'], registers })
+    this.trafficChanges = new client.Counter({ name: 'gateway_traffic_changes_total', help: 'Traffic weight changes made through the admin API, per deployment whose weight changed', labelNames: ['service', 'deployment'], registers })
   }
 
   /** Records one finished client request. */
@@ -64,13 +64,14 @@ export class Metrics {
         group.onRetry = () => retries.inc()
         for (const kind of ['switch', 'failback'] as const) this.failovers.labels(service.name, dep, kind).inc(0)
         this.trafficWeight.labels(service.name, dep).set(service.traffic[dep] ?? 0)
+        this.trafficChanges.labels(service.name, dep).inc(0)
       }
-      this.trafficChanges.labels(service.name).inc(0)
     }
     registry.on('health', (e) => this.originHealthy.labels(e.origin.service, e.origin.deployment, e.origin.role).set(e.healthy ? 1 : 0))
     registry.on('failover', (e) => this.failovers.labels(e.service, e.deployment, e.kind).inc())
     registry.on('traffic', (e) => {
-      this.trafficChanges.labels(e.service).inc()
+      // One increment per deployment whose weight moved (a blue -> green flip counts on both).
+      for (const dep of e.changed) this.trafficChanges.labels(e.service, dep).inc()
       for (const [dep, w] of Object.entries(e.to)) this.trafficWeight.labels(e.service, dep).set(w)
     })
   }

@@ -11,12 +11,17 @@ import { readFileSync } from 'node:fs'
 import { extname } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import type { TSchema } from '@sinclair/typebox'
+import { FormatRegistry } from '@sinclair/typebox'
 import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value'
 import {
   TopSchema, ServiceSchema, DeploymentSchema, LatticeOriginSchema, OriginUrlSchema,
   ProxyRouteSchema, AggregateRouteSchema,
   type GatewayConfig, type ServiceConfig, type RouteConfig, type DeploymentConfig, type OriginSpec
 } from './schema.js'
+
+// TypeBox knows no string formats until they are registered; without this
+// every `format: 'uri'` value fails with "Unknown format".
+if (!FormatRegistry.Has('uri')) FormatRegistry.Set('uri', (v) => URL.canParse(v))
 
 /** One problem in a config file. */
 export interface ConfigIssue {
@@ -55,11 +60,25 @@ export function loadConfigFile (file: string, env: NodeJS.ProcessEnv = process.e
   let raw: unknown
   const substituted = substituteEnv(text, env)
   try {
-    raw = extname(file).toLowerCase() === '.json' ? JSON.parse(substituted) : parseYaml(substituted)
+    raw = extname(file).toLowerCase() === '.json' ? JSON.parse(substituted) : emptyToString(parseYaml(substituted), true)
   } catch (err) {
     throw new ConfigError([{ path: '', message: `not valid ${extname(file).toLowerCase() === '.json' ? 'JSON' : 'YAML'}: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}` }], file)
   }
   return validateConfig(raw, file)
+}
+
+/**
+ * YAML reads a key with nothing after it (`token: ${UNSET}` once
+ * substituted) as null; SPEC §3 says an unset variable is the empty string,
+ * so empty values become '' (the document itself stays null: an empty file).
+ */
+function emptyToString (value: unknown, root = false): unknown {
+  if (value === null) return root ? null : ''
+  if (Array.isArray(value)) return value.map((v) => emptyToString(v))
+  if (typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) (value as Record<string, unknown>)[k] = emptyToString(v)
+  }
+  return value
 }
 
 /** Validates an already-parsed config object (the loader's core; tests call it directly). */
@@ -246,6 +265,7 @@ function describe (e: ValueError): string {
     case ValueErrorType.Number: return `must be a number (got ${show(e.value)})`
     case ValueErrorType.String: return `must be a string (got ${show(e.value)})`
     case ValueErrorType.StringMinLength: return 'must not be empty'
+    case ValueErrorType.StringFormat: return s.format === 'uri' ? `must be a URL, e.g. http://127.0.0.1:4566 (got ${show(e.value)})` : `must be a ${String(s.format)} (got ${show(e.value)})`
     case ValueErrorType.StringPattern: return s.pattern === '^/' || s.pattern === '^(/.*)?$' ? `must start with "/" (got ${show(e.value)})` : `must match ${String(s.pattern)} (got ${show(e.value)})`
     case ValueErrorType.Boolean: return `must be true or false (got ${show(e.value)})`
     case ValueErrorType.Object: return `must be a mapping (got ${show(e.value)})`
