@@ -1,0 +1,102 @@
+/**
+ * Pass-through scenario: the same 1 KB JSON upstream reached three ways,
+ * measured in one run —
+ *
+ *   direct              autocannon -> upstream
+ *   fastify+http-proxy  -> bare Fastify 5 + @fastify/http-proxy (bench/http-proxy-baseline.ts)
+ *   lattice-gateway     -> the compiled gateway, a proxy route, every feature on
+ *
+ * The gateway runs as in production: info logging (one access line per
+ * request, to a file), request ids, metrics, and a service with a primary
+ * and a secondary origin under active health checks and the passive
+ * breaker. The secondary is a second upstream that only sees probes.
+ *
+ *   npm run bench -- passthrough [--latency 0,20] [--duration S] [--reps N] [--connections C] [--warmup S]
+ *
+ * `--latency` lists upstream answer delays in ms; each gets its own table.
+ */
+import { request } from 'undici'
+import {
+  fmt, loadTable, parseBenchArgs, pinning, startGateway, startHelper, startUpstream, runMatrix,
+  type ChildHandle, type CommonArgs, type MeasuredRow, type Target
+} from './lib.js'
+
+const BASELINE = 'fastify+http-proxy'
+const GATEWAY = 'lattice-gateway'
+
+export async function run (args: string[]): Promise<void> {
+  const { common, values } = parseBenchArgs(args, { latency: { type: 'string' } })
+  const raw = typeof values.latency === 'string' ? values.latency : '0,20'
+  const latencies = raw.split(',').map((s) => Number(s.trim()))
+  if (latencies.some((l) => !Number.isInteger(l) || l < 0 || l > 10_000)) throw new Error(`--latency must list integers in ms, e.g. 0,20 (got ${raw})`)
+  for (const latencyMs of latencies) await oneLatency(latencyMs, common)
+}
+
+async function oneLatency (latencyMs: number, common: CommonArgs): Promise<void> {
+  const started: ChildHandle[] = []
+  try {
+    const primary = await startUpstream({ name: 'primary', latencyMs })
+    started.push(primary)
+    const secondary = await startUpstream({ name: 'secondary', latencyMs })
+    started.push(secondary)
+    const baseline = await startHelper('http-proxy-baseline', ['--upstream', primary.url], { name: BASELINE })
+    started.push(baseline)
+    const gw = await startGateway({
+      server: { logLevel: 'info' },
+      services: { items: { origins: { primary: primary.url, secondary: secondary.url } } },
+      routes: [{ type: 'proxy', prefix: '/api', service: 'items', rewritePrefix: '' }]
+    })
+    started.push(gw)
+
+    const targets = [
+      { name: 'direct', url: `${primary.url}/items/1`, watch: [primary.pid] },
+      { name: BASELINE, url: `${baseline.url}/api/items/1`, watch: [baseline.pid] },
+      { name: GATEWAY, url: `${gw.url}/api/items/1`, watch: [gw.pid] }
+    ]
+    // One request each first: a misrouted target must fail loudly, not show up as a fast row of 404s.
+    for (const t of targets) await expectDocument(t.name, t.url)
+
+    let logBytes = 0
+    let loggedRequests = 0
+    const rows = await runMatrix(targets.map((t): Target => t.name !== GATEWAY
+      ? t
+      : {
+          ...t,
+          before: () => gw.truncateLog(),
+          after: (s) => {
+            logBytes += gw.logBytes()
+            loggedRequests += s.requests
+            gw.truncateLog()
+          }
+        }), common, { label: `passthrough ${latencyMs} ms` })
+
+    loadTable(`passthrough — 1 KB JSON, upstream answers after ${latencyMs} ms, ${common.connections} connections, ${common.duration} s × ${common.reps}`, rows, {
+      baseline: BASELINE,
+      notes: [
+        pinning.note,
+        `${GATEWAY}: compiled dist/, info logging to a file (${fmt(loggedRequests > 0 ? logBytes / loggedRequests : Number.NaN, 0)} log bytes per request), request ids, metrics, primary + secondary origins with health checks every 1 s`,
+        `${BASELINE}: Fastify 5 + @fastify/http-proxy, logger off, nothing else`,
+        ...(latencyMs === 0 ? [goalLine(rows)] : [])
+      ]
+    })
+  } finally {
+    await Promise.all(started.map((c) => c.stop()))
+  }
+}
+
+/** The performance goal (CPU-bound case, 0 ms upstream): ≥ 1.3× the baseline's req/s with p99 no worse. */
+function goalLine (rows: MeasuredRow[]): string {
+  const b = rows.find((r) => r.name === BASELINE)?.result
+  const g = rows.find((r) => r.name === GATEWAY)?.result
+  if (b === undefined || g === undefined || b.rps === 0) return ''
+  const x = g.rps / b.rps
+  return `goal (≥ 1.30× ${BASELINE} req/s, p99 ≤ its p99): ${x.toFixed(2)}× req/s, p99 ${fmt(g.p99)} vs ${fmt(b.p99)} ms — ${x >= 1.3 && g.p99 <= b.p99 ? 'met' : 'not met'}`
+}
+
+async function expectDocument (name: string, url: string): Promise<void> {
+  const res = await request(url, { headersTimeout: 5000, bodyTimeout: 5000 })
+  const body = await res.body.text()
+  if (res.statusCode !== 200 || body.length !== 1024) {
+    throw new Error(`${name}: GET ${url} answered ${res.statusCode} with ${body.length} bytes, expected 200 with the 1 KB document: ${body.slice(0, 200)}`)
+  }
+}
