@@ -9,6 +9,7 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import pino, { type Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
 import { Registry, type RegistryOptions } from './upstream/registry.js'
+import { LatticeResolver, usesLattice, type LatticeOptions } from './lattice/resolver.js'
 import { Metrics } from './metrics.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
@@ -35,6 +36,8 @@ export interface Gateway {
 export interface BuildOptions extends RegistryOptions {
   /** A pino logger; by default one at `server.logLevel` writing to stdout. */
   logger?: Logger
+  /** VPC Lattice client options (e.g. credentials); default: the AWS SDK's chains. */
+  lattice?: LatticeOptions
 }
 
 /** Secrets never written to logs, wherever they appear. */
@@ -50,7 +53,9 @@ export function createLogger (level: string): Logger {
 
 export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
   const logger = opts.logger ?? createLogger(config.server.logLevel)
-  const registry = new Registry(config, opts)
+  // VPC Lattice (src/lattice): resolves `lattice:` origins, signs `auth: iam` ones.
+  const lattice = usesLattice(config) ? new LatticeResolver(config.lattice, logger, opts.lattice) : null
+  const registry = new Registry(config, { ...opts, decorate: opts.decorate ?? lattice?.decorate })
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
@@ -96,11 +101,16 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     metrics,
     logger,
     markListening () { listening = true },
-    start () { registry.start() },
+    start () {
+      registry.start()
+      lattice?.start(registry.origins)
+    },
     async close () {
       listening = false
       await app.close()
       await admin.close()
+      // Lattice first: no address may be set on an origin being closed.
+      await lattice?.close()
       await registry.close()
     }
   }

@@ -89,7 +89,8 @@ export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker:
    * old pool drains its in-flight requests and closes.
    */
   setUrl (url: string | null, reason = 'address changed'): void {
-    if (url === this.#url) return
+    // A new origin has no address yet: `null` must still mark it unresolved.
+    if (url === this.#url && (url !== null || this.#unresolvedReason !== null)) return
     const old = this.#rawPools
     this.#rawPools = []
     this.#url = url

@@ -17,11 +17,15 @@ export function colourUpstream (name: string, delayMs = 0): Promise<TestUpstream
   })
 }
 
-/** A `review` service block with the given deployments and 50 ms health checks. */
+/**
+ * A `review` service block with the given deployments and 50 ms health
+ * checks. Timeouts are the longest the config allows: on a busy machine a
+ * slow probe or answer must not pass for a dead origin.
+ */
 export function cutoverService (deployments: Record<string, { primary: string, secondary?: string }>, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
-    timeoutMs: 1000,
-    healthCheck: { intervalMs: 50, timeoutMs: 40, unhealthyThreshold: 2, healthyThreshold: 2 },
+    timeoutMs: 2000,
+    healthCheck: { intervalMs: 50, timeoutMs: 500, unhealthyThreshold: 2, healthyThreshold: 2 },
     circuitBreaker: { volumeThreshold: 5, resetTimeoutMs: 60000 },
     deployments,
     ...extra
