@@ -4,6 +4,12 @@
  * lock-step), `unhealthyThreshold` consecutive failures make the origin
  * unhealthy, `healthyThreshold` consecutive successes make it healthy again.
  *
+ * Probes start at a fixed rate: the next one is due `intervalMs` after the
+ * previous one *started*, not after it ended, so a dead origin is detected
+ * within about `intervalMs × unhealthyThreshold` even when its probes time
+ * out. Probes never overlap: a probe slower than the interval delays the
+ * next one until it has finished.
+ *
  * The checker is a two-state machine that only reports transitions
  * (`'transition'` events); it never decides where traffic goes — the origin
  * group does, from the transitions of both origins.
@@ -97,6 +103,7 @@ export class HealthChecker extends EventEmitter<{ transition: [HealthTransition]
   async #tick (): Promise<void> {
     if (this.#probing) return
     this.#probing = true
+    const started = performance.now()
     let ok = false
     let detail = 'failed'
     try {
@@ -109,6 +116,6 @@ export class HealthChecker extends EventEmitter<{ transition: [HealthTransition]
     if (!this.#running) return
     this.record(ok, detail)
     const jitter = 1 + (Math.random() - 0.5) * 0.2
-    this.#schedule(this.#opts.intervalMs * jitter)
+    this.#schedule(Math.max(0, this.#opts.intervalMs * jitter - (performance.now() - started)))
   }
 }

@@ -18,7 +18,7 @@ import { EventEmitter } from 'node:events'
 import type { IncomingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
-import { GatewayError, classifyUpstreamError } from '../errors.js'
+import { GatewayError, classifyUpstreamError, errorCode } from '../errors.js'
 import type { Origin, OriginRole, OriginHealthEvent } from './origin.js'
 
 export type FailoverKind = 'retry' | 'switch' | 'failback'
@@ -87,7 +87,9 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
     this.primary = primary
     this.secondary = secondary
     this.failbackMode = failback
-    this.#active = primary
+    // An origin may start unhealthy (an unresolved Lattice name): start on
+    // the secondary then, without a transition — nothing has switched yet.
+    this.#active = !primary.healthy && secondary !== null && secondary.healthy ? secondary : primary
     const onHealth = (e: OriginHealthEvent): void => this.#reevaluate(`${e.origin.role} ${e.healthy ? 'healthy' : 'unhealthy'}: ${e.reason}`)
     primary.on('health', onHealth)
     secondary?.on('health', onHealth)
@@ -111,27 +113,32 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
     return true
   }
 
-  /** Sends a request with failover; resolves with the answer the client should see. */
+  /**
+   * Sends a request with failover; resolves with the answer the client
+   * should see. The answer is returned as soon as its headers arrive: once
+   * the caller starts streaming the body on, the request is never retried.
+   */
   async send (req: UpstreamRequest, policy: SendPolicy): Promise<UpstreamResponse> {
     let first = this.#active
     let second = first === this.primary ? this.secondary : this.primary
     // An origin without an address (unresolved Lattice name) is skipped.
     if (first.dispatcher === null && second !== null && second.dispatcher !== null) [first, second] = [second, first]
-    const idempotent = policy.methods.has(req.method)
+    const replayable = policy.methods.has(req.method) && (req.body === null || req.body.replayable)
     let reason: string
     try {
       const res = await attempt(first, req, policy, false)
-      if (second === null || !idempotent || !policy.onStatus.has(res.statusCode) || (req.body !== null && !req.body.replayable)) return res
+      if (second === null || !replayable || !policy.onStatus.has(res.statusCode)) return res
       // The client sees the second answer only.
-      res.body.dump().catch(() => {})
+      res.body.dump().catch(ignore)
       reason = `status ${res.statusCode}`
     } catch (err) {
-      if (second === null || req.signal?.aborted === true) throw err
+      if (second === null || req.signal?.aborted === true || isOwnError(err)) throw err
       const kind = classifyUpstreamError(err)
+      // Nothing reached the origin: any method may go to the other one, as
+      // long as no byte of a streamed body was pulled for the first.
       const neverSent = kind === 'connect' && (req.body === null || !req.body.started)
-      const replayable = idempotent && (req.body === null || req.body.replayable)
       if (!neverSent && !replayable) throw err
-      reason = kind === 'connect' ? 'connect failed' : kind
+      reason = kind === 'connect' ? `could not connect (${errorCode(err) ?? 'error'})` : kind
     }
     if (this.onRetry !== null) this.onRetry(first, second, reason)
     return attempt(second, req, policy, true)
@@ -165,12 +172,25 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
     origin.report('connect_error')
     throw Object.assign(new Error(`${origin.label} has no address yet`), { code: 'GW_UNRESOLVED' })
   }
+  const caller = req.signal
+  if (caller?.aborted === true) throw caller.reason
+  // Bulkhead (hardening): an origin holds at most `maxConnections +
+  // maxQueued` attempts, sent or waiting for a socket; one more is refused
+  // at once, so a slow service cannot hold every client. Nothing was sent
+  // and the origin is not to blame: no report to its breaker.
+  if (origin.inFlight >= origin.maxInFlight) {
+    throw new GatewayError('GW_OVERLOADED', `service ${origin.service} has too many requests waiting`, { headers: { 'retry-after': String(Math.max(1, Math.ceil(policy.timeoutMs / 1000))) } })
+  }
+  origin.inFlight++
+  let finished = false
   const ac = new AbortController()
   const timer = setTimeout(abortOnDeadline, policy.timeoutMs, ac)
-  const caller = req.signal
   const onCallerAbort = (): void => ac.abort(caller?.reason)
   caller?.addEventListener('abort', onCallerAbort, { once: true })
   const done = (): void => {
+    if (finished) return
+    finished = true
+    origin.inFlight--
     clearTimeout(timer)
     caller?.removeEventListener('abort', onCallerAbort)
   }
@@ -185,13 +205,23 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
     })
   } catch (err) {
     done()
-    const kind = classifyUpstreamError(err)
-    origin.report(kind === 'connect' ? 'connect_error' : kind)
+    // A request body that failed on its own (too large) is not the origin's fault.
+    if (!isOwnError(err)) {
+      const kind = classifyUpstreamError(err)
+      origin.report(kind === 'connect' ? 'connect_error' : kind)
+    }
     throw err
   }
   res.body.once('close', done)
   origin.report(res.statusCode >= 500 ? 'error_status' : 'ok')
   return { statusCode: res.statusCode, headers: res.headers, body: res.body, origin, retried }
+}
+
+const ignore = (): void => {}
+
+/** An error the gateway raised about the request itself (e.g. its body is too large), not about an origin. */
+function isOwnError (err: unknown): boolean {
+  return err instanceof GatewayError && err.code !== 'GW_DEADLINE'
 }
 
 function abortOnDeadline (ac: AbortController): void {

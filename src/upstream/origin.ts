@@ -10,7 +10,7 @@
 import { EventEmitter } from 'node:events'
 import { Pool, type Dispatcher } from 'undici'
 import { HealthChecker } from './health-checker.js'
-import { OutlierDetector, type BreakerState } from './outlier.js'
+import { OutlierDetector, type BreakerState, type BreakerTransition } from './outlier.js'
 import type { ServiceConfig } from '../config/schema.js'
 
 export type OriginRole = 'primary' | 'secondary'
@@ -35,7 +35,7 @@ export interface OriginOptions {
   decorate?: DispatcherDecorator
 }
 
-export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker: [BreakerState], url: [string | null] }> {
+export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker: [BreakerTransition], url: [string | null] }> {
   readonly service: string
   readonly deployment: string
   readonly role: OriginRole
@@ -43,6 +43,10 @@ export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker:
   readonly outlier: OutlierDetector
   /** Set by the metrics plugin; null costs nothing on the hot path. */
   onOutcome: ((outcome: Outcome) => void) | null = null
+  /** Bulkhead (hardening): attempts in progress, sent or waiting for a socket. */
+  inFlight = 0
+  /** Bulkhead: `maxConnections + maxQueued`; the send primitive refuses one more. */
+  readonly maxInFlight: number
   #url: string | null = null
   #host = ''
   #pool: Dispatcher | null = null
@@ -60,18 +64,22 @@ export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker:
     this.role = opts.role
     this.#config = opts.config
     this.#decorate = opts.decorate
+    this.maxInFlight = opts.config.maxConnections + opts.config.maxQueued
     const hc = opts.config.healthCheck
     this.checker = new HealthChecker(() => this.#probe(), hc)
     this.outlier = new OutlierDetector(opts.config.circuitBreaker)
     this.checker.on('transition', (t) => {
-      if (t.healthy) this.outlier.close()
+      // Good health checks close the breaker (SPEC §4): the origin starts
+      // over with a clean run of failures.
+      if (t.healthy) this.outlier.close(t.reason)
       this.#setHealthy(t.healthy && this.#url !== null, t.reason)
     })
-    this.outlier.on('state', (s) => {
+    this.outlier.on('state', (t) => {
+      // The breaker's own line first, then the health change it causes.
+      this.emit('breaker', t)
       // An open breaker takes the origin out at once; it comes back only
       // through `healthyThreshold` good health checks.
-      if (s === 'open') this.checker.markUnhealthy('circuit breaker opened on real traffic')
-      this.emit('breaker', s)
+      if (t.to === 'open') this.checker.markUnhealthy(`circuit breaker opened on real traffic: ${t.reason}`)
     })
   }
 
@@ -127,7 +135,7 @@ export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker:
 
   /** Reports a finished attempt to the breaker and the metrics hook. */
   report (outcome: Outcome): void {
-    this.outlier.record(outcome === 'ok')
+    this.outlier.record(outcome === 'ok' ? 'ok' : outcome === 'connect_error' ? 'connect' : 'failed')
     if (this.onOutcome !== null) this.onOutcome(outcome)
   }
 

@@ -13,7 +13,10 @@ import type { BreakerState } from './outlier.js'
 
 export interface BreakerEvent {
   origin: Origin
+  /** The new state. */
   state: BreakerState
+  from: BreakerState
+  reason: string
 }
 
 export interface RegistryOptions {
@@ -48,7 +51,7 @@ export class Registry extends EventEmitter<{ health: [OriginHealthEvent], breake
           if (typeof spec === 'string') origin.setUrl(spec)
           else origin.setUrl(null, `Lattice service ${spec.lattice.service} not resolved yet`)
           origin.on('health', (e) => this.emit('health', e))
-          origin.on('breaker', (state) => this.emit('breaker', { origin, state }))
+          origin.on('breaker', (t) => this.emit('breaker', { origin, state: t.to, from: t.from, reason: t.reason }))
           origins.push({ origin, spec })
           return origin
         }
