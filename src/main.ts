@@ -116,13 +116,20 @@ async function run (config: GatewayConfig, demo: DemoUpstream[]): Promise<number
         gw.app.server.closeAllConnections()
       }, config.server.shutdownGraceMs)
       force.unref()
+      // server.close() waits for every open connection, and a keep-alive
+      // client whose request finished during the drain would hold it until
+      // the grace period ends: close connections as soon as they are idle.
+      const idle = setInterval(() => gw.app.server.closeIdleConnections(), 50)
+      idle.unref()
       gw.close()
         .then(closeDemo)
         .then(() => {
           clearTimeout(force)
+          clearInterval(idle)
           log.info('stopped')
           resolve(0)
         }, (err: unknown) => {
+          clearInterval(idle)
           log.error({ err }, 'error while stopping')
           resolve(0)
         })

@@ -1,0 +1,134 @@
+/**
+ * Graceful stop (SPEC §2): a gateway process that gets SIGTERM while
+ * requests are in flight stops accepting connections, lets those requests
+ * finish, and exits 0.
+ *
+ * The upstream holds its answers until the test releases them, so nothing
+ * here depends on how fast the machine is: the drain is observed with the
+ * requests provably still in flight.
+ */
+import t from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { ServerResponse } from 'node:http'
+import { Agent, request } from 'undici'
+import { startUpstream, json } from './helpers/upstream.js'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+// tap's process-info hook (NODE_OPTIONS) is left out: the child is observed from outside.
+const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
+
+/** Resolves when `check` returns a value other than undefined; rejects after `ms`. */
+async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 15000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const v = await check()
+    if (v !== undefined) return v
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** True when a TCP connection to host:port is refused. */
+function refused (url: string): Promise<boolean> {
+  const { hostname, port } = new URL(url)
+  return new Promise((resolve) => {
+    const s = connect(Number(port), hostname)
+    s.once('connect', () => { s.destroy(); resolve(false) })
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'))
+  })
+}
+
+t.test('SIGTERM with requests in flight: they finish with 200, new connections are refused, exit 0', async (t) => {
+  const held: ServerResponse[] = []
+  const up = await startUpstream('slow', (_req, res) => { held.push(res) })
+  const release = (): void => { for (const res of held.splice(0)) json(res, 200, { done: true }) }
+  t.teardown(async () => { release(); await up.close() })
+
+  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-shutdown-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const config = join(dir, 'gateway.yaml')
+  writeFileSync(config, `
+server:
+  host: 127.0.0.1
+  port: 0
+  shutdownGraceMs: 20000
+admin:
+  host: 127.0.0.1
+  port: 0
+services:
+  slow:
+    timeoutMs: 20000
+    origins:
+      primary: ${up.url}
+routes:
+  - type: proxy
+    prefix: /slow
+    service: slow
+`)
+
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--config', config], { cwd: root, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  const lines: Array<Record<string, unknown>> = []
+  let stderr = ''
+  let partial = ''
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    const parts = (partial + d).split('\n')
+    partial = parts.pop()!
+    for (const p of parts) if (p.trim() !== '') lines.push(JSON.parse(p) as Record<string, unknown>)
+  })
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+  const logged = (re: RegExp): string | undefined => {
+    for (const l of lines) {
+      const m = re.exec(String(l.msg))
+      if (m !== null) return m[1] ?? m[0]
+    }
+    return undefined
+  }
+
+  const gateway = await until('the gateway to listen', () => {
+    if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr}`)
+    return logged(/^gateway listening on (http:\/\/\S+)/)
+  })
+  const admin = await until('the admin listener', () => logged(/^admin listening on (http:\/\/\S+)/))
+  await until('/healthz to answer 200', async () => {
+    try {
+      const res = await request(`${admin}/healthz`)
+      await res.body.dump()
+      return res.statusCode === 200 ? true : undefined
+    } catch {
+      return undefined
+    }
+  })
+
+  const agent = new Agent()
+  t.teardown(() => agent.close())
+  const inflight = [1, 2, 3].map((i) => request(`${gateway}/slow/${i}`, { dispatcher: agent }))
+  await until('the upstream to hold three requests', () => held.length === 3 ? true : undefined)
+
+  child.kill('SIGTERM')
+  await until('the drain to start', () => logged(/draining/))
+  const refusedWhileDraining = await until('new connections to be refused', async () => (await refused(gateway)) ? true : undefined, 5000)
+  t.ok(refusedWhileDraining, 'a new connection is refused once the drain started')
+  t.equal(held.length, 3, 'while the in-flight requests are still waiting on the upstream')
+  t.equal(child.exitCode, null, 'and the process is still running')
+
+  release()
+  const answers = await Promise.all(inflight)
+  for (const res of answers) {
+    t.equal(res.statusCode, 200)
+    t.strictSame(await res.body.json(), { done: true })
+  }
+  const [code, signal] = await exited
+  t.equal(signal, null)
+  t.equal(code, 0, 'exit 0')
+  t.ok(logged(/^stopped$/) !== undefined, 'logs that it stopped')
+  t.equal(logged(/grace period over/), undefined, 'the drain ended with the requests, not with the grace period (the client kept its connections alive)')
+  t.equal(stderr, '')
+})
