@@ -1,14 +1,47 @@
 /**
- * Aggregate routes (`type: aggregate`, SPEC §5) — placeholder until the
- * aggregation plan lands: answers 502 so a config using them still starts.
+ * Aggregate routes (`type: aggregate`, SPEC §5): one client request fans
+ * out to every section in parallel and gets one merged JSON object back.
+ *
+ * The route is compiled into a plan when it is registered
+ * (src/aggregate/plan.ts); the handler only builds the section headers and
+ * executes the plan (src/aggregate/execute.ts). A complete answer carries
+ * `x-aggregate-complete: true`; a partial one `false` plus
+ * `x-aggregate-failed: key,key` (config order), its failed optional
+ * sections `null`. A failed required section answers with a GatewayError,
+ * rendered by plugins/errors.ts.
  */
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { AggregateRoute } from '../src/config/schema.js'
 import type { Registry } from '../src/upstream/registry.js'
+import { compileAggregate, type AggregateMetricsSource } from '../src/aggregate/plan.js'
+import { execute, sectionHeaders } from '../src/aggregate/execute.js'
 
 export interface AggregateRouteOptions {
   route: AggregateRoute
   registry: Registry
+  /** Per-section and per-route counters; absent or null counts nothing. */
+  metrics?: AggregateMetricsSource | null
 }
 
-export default async function aggregateRoute (_fastify: FastifyInstance, _opts: AggregateRouteOptions): Promise<void> {}
+const CONTENT_TYPE = 'application/json; charset=utf-8'
+
+export default async function aggregateRoute (fastify: FastifyInstance, opts: AggregateRouteOptions): Promise<void> {
+  const plan = compileAggregate(opts.route, (name) => opts.registry.get(name), opts.metrics ?? null)
+
+  async function handler (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const headers = sectionHeaders(plan, request.headers, request.id, request.ip, request.protocol)
+    const r = await execute(plan, request.params as Record<string, string | undefined>, request.headers, headers)
+    request.upstream = r.upstream
+    if (!r.ok) throw r.error
+    reply.header('content-type', CONTENT_TYPE)
+    if (r.failed === null) {
+      reply.header('x-aggregate-complete', 'true')
+    } else {
+      reply.header('x-aggregate-complete', 'false')
+      reply.header('x-aggregate-failed', r.failed)
+    }
+    return reply.send(r.body)
+  }
+
+  fastify.route({ method: plan.method, url: plan.path, handler, config: { label: plan.label } })
+}

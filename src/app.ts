@@ -81,7 +81,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     if (route.type === 'proxy') {
       await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
     } else {
-      await app.register(aggregateRoute, { route, registry })
+      await app.register(aggregateRoute, { route, registry, metrics })
     }
   }
 

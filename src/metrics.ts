@@ -75,4 +75,23 @@ export class Metrics {
       for (const [dep, w] of Object.entries(e.to)) this.trafficWeight.labels(e.service, dep).set(w)
     })
   }
+
+  // ---- aggregate routes (SPEC §5; compiled by src/aggregate/plan.ts) ----
+  readonly aggregateSections: client.Counter<'route' | 'section' | 'outcome'> = new client.Counter({ name: 'gateway_aggregate_sections_total', help: 'Aggregate route sections by route, section and outcome', labelNames: ['route', 'section', 'outcome'], registers: [this.registry] })
+  readonly aggregateResponses: client.Counter<'route' | 'result'> = new client.Counter({ name: 'gateway_aggregate_responses_total', help: 'Aggregate route answers by result: complete, partial (some optional section null) or failed (a required section failed)', labelNames: ['route', 'result'], registers: [this.registry] })
+
+  /** Counter children for one aggregate section, bound (and shown as 0) at start-up. */
+  aggregateSectionCounters<O extends string> (route: string, section: string, outcomes: readonly O[]): Record<O, client.Counter.Internal> {
+    const out = {} as Record<O, client.Counter.Internal>
+    for (const o of outcomes) (out[o] = this.aggregateSections.labels(route, section, o)).inc(0)
+    return out
+  }
+
+  /** Counter children for one aggregate route's results, bound (and shown as 0) at start-up. */
+  aggregateResponseCounters<R extends string> (route: string, results: readonly R[]): Record<R, client.Counter.Internal> {
+    const out = {} as Record<R, client.Counter.Internal>
+    for (const r of results) (out[r] = this.aggregateResponses.labels(route, r)).inc(0)
+    return out
+  }
+  // ---- end aggregate routes ----
 }
