@@ -286,6 +286,10 @@ t.test('a service without a DNS name yet stays unresolved (and says why)', async
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
   const line = await g.waitForLog((l) => l.event === 'lattice' && l.state === 'pending')
   t.match(line.reason, /no DNS name yet \(status CREATE_IN_PROGRESS\)/)
+  svc.customDomainName = 'api.example.com/admin?'
+  const bad = await g.waitForLog((l) => l.event === 'lattice' && l.state === 'pending' && /not a host name/.test(String(l.reason)))
+  t.equal(bad.level, 50, 'a different failure is logged (once)')
+  delete svc.customDomainName
   svc.domainName = '127.0.0.1'
   svc.status = 'ACTIVE'
   await until(async () => (await readyz(g)).status === 200, 5000, '/readyz 200')

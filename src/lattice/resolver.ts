@@ -44,7 +44,7 @@ export interface LatticeOptions {
   retryBaseMs?: number
 }
 
-export type TargetState = 'pending' | 'resolved' | 'stale'
+type TargetState = 'pending' | 'resolved' | 'stale'
 
 /** One service identifier and the origins that name it. */
 interface Target {
@@ -62,6 +62,7 @@ interface Target {
 }
 
 const SERVICE_ID = /^svc-[0-9a-z]{17}$/
+const HOST_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/
 const NO_REGION = 'no AWS region for VPC Lattice: set lattice.region in the config, or AWS_REGION in the environment'
 
 /** True when some origin of the config is a Lattice reference. */
@@ -119,13 +120,6 @@ export class LatticeResolver {
     return (dispatcher, url) => dispatcher.compose(sigv4Interceptor(this.signer, url))
   }
 
-  /** The state of every target, by service identifier (for tests and diagnostics). */
-  states (): Record<string, { state: TargetState, domain: string | null }> {
-    const out: Record<string, { state: TargetState, domain: string | null }> = {}
-    for (const [id, t] of this.#targets) out[id] = { state: t.state, domain: t.domain }
-    return out
-  }
-
   /** Starts resolving the Lattice origins among `origins` (the registry's list). */
   start (origins: ReadonlyArray<{ origin: Origin, spec: OriginSpec }>): void {
     for (const { origin, spec } of origins) {
@@ -154,26 +148,24 @@ export class LatticeResolver {
 
   async #refresh (t: Target): Promise<void> {
     t.timer = null
-    let domain: string
     try {
-      domain = await this.#lookup(t)
+      const domain = await this.#lookup(t)
+      if (!this.#closed) this.#resolved(t, domain)
     } catch (err) {
-      if (this.#closed) return
-      this.#failed(t, err)
-      return
+      if (!this.#closed) this.#failed(t, err)
     }
-    if (this.#closed) return
-    this.#resolved(t, domain)
   }
 
   #resolved (t: Target, domain: string): void {
+    const urls = t.origins.map(({ origin, lattice }) => ({ origin, url: latticeUrl(domain, lattice) }))
+    // Anything but a host name is a failed lookup, never a crash or a URL with a path in it.
+    if (!HOST_NAME.test(domain)) throw Object.assign(new Error(`the service's domain name ${JSON.stringify(domain)} is not a host name`), { name: 'BadDomainName' })
     const before = t.state
     const from = t.domain
     t.state = 'resolved'
     t.domain = domain
     t.failures = 0
     t.lastFailure = null
-    const urls = t.origins.map(({ origin, lattice }) => ({ origin, url: latticeUrl(domain, lattice) }))
     const fields = { event: 'lattice', service: t.identifier, state: 'resolved', domain, origins: urls.map((u) => `${u.origin.label} -> ${u.url}`) }
     if (before === 'pending') {
       this.#logger.info(fields, `Lattice service ${t.identifier} resolved to ${domain}`)
@@ -195,13 +187,11 @@ export class LatticeResolver {
       t.state = 'stale'
       t.lastFailure = kind
       this.#logger.warn({ ...fields, state: 'stale', domain: t.domain }, `Lattice service ${t.identifier}: lookup failed, keeping the last known address ${t.domain} (${reason})`)
-    } else if (t.lastFailure !== kind) {
-      // First failure of a never-resolved service, or a different one.
+    } else if (t.state === 'pending' && t.lastFailure !== kind) {
+      // The first failure of a never-resolved service, or a different one.
       t.lastFailure = kind
-      if (t.state === 'pending') {
-        for (const { origin } of t.origins) origin.setUrl(null, `Lattice service ${t.identifier} not resolved: ${reason}`)
-      }
-      this.#logger.error({ ...fields, state: t.state }, `Lattice service ${t.identifier} ${t.state === 'pending' ? 'not resolved' : 'lookup still failing'}: ${reason}`)
+      for (const { origin } of t.origins) origin.setUrl(null, `Lattice service ${t.identifier} not resolved: ${reason}`)
+      this.#logger.error({ ...fields, state: t.state }, `Lattice service ${t.identifier} not resolved: ${reason}`)
     } else {
       this.#logger.debug({ ...fields, state: t.state, failures: t.failures }, `Lattice service ${t.identifier}: lookup failed again`)
     }
