@@ -17,6 +17,9 @@ function toGatewayError (err: FastifyError | GatewayError | Error): GatewayError
     return new GatewayError('GW_BAD_REQUEST', err.message === '' ? 'bad request' : err.message, { statusCode: status === 413 ? 413 : 400 })
   }
   if (typeof code === 'string' && code.startsWith('UND_ERR')) return upstreamFailure(err, 'upstream')
+  // Hardening: an upstream body that broke HTTP before the first byte went
+  // to the client (undici's parser error; its `code` is often unset).
+  if (err.name === 'HTTPParserError') return upstreamFailure(err, 'upstream')
   return new GatewayError('GW_INTERNAL', 'internal error', { cause: err })
 }
 

@@ -53,6 +53,11 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
       throw upstreamFailure(err, service.name)
     }
     request.upstream = res.origin.label
+    // Hardening: a status fastify cannot send (> 599) is no answer at all.
+    if (res.statusCode > 599) {
+      res.body.dump().catch(() => {})
+      throw upstreamFailure(Object.assign(new Error(`upstream answered status ${res.statusCode}`), { code: 'GW_BAD_UPSTREAM_STATUS' }), service.name)
+    }
     reply.code(res.statusCode)
     const named = connectionNamed(res.headers.connection)
     for (const key in res.headers) {

@@ -14,6 +14,8 @@ import { Metrics } from './metrics.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
+import limits, { frontDoor } from '../plugins/limits.js'
+import overload from '../plugins/overload.js'
 import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes from '../routes/health.js'
@@ -44,7 +46,9 @@ export interface BuildOptions extends RegistryOptions {
 export const REDACT = [
   'req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]',
   'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie',
-  'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken'
+  'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken',
+  // Hardening: raw bytes carried by parser errors (an upstream's answer, a client's request).
+  'err.data', 'err.rawPacket'
 ]
 
 export function createLogger (level: string): Logger {
@@ -61,7 +65,11 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   logTransitions(registry, logger)
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
+  // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
+  const door = frontDoor(config.server, config.routes)
   const app = Fastify({
+    rewriteUrl: door.rewriteUrl,
+    clientErrorHandler: door.clientErrorHandler,
     loggerInstance: logger as FastifyBaseLogger,
     // One access-log line per request is written by plugins/request-log.ts.
     logController: new LogController({ disableRequestLogging: true }),
@@ -70,13 +78,14 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     bodyLimit: config.server.bodyLimitBytes,
     requestTimeout: config.server.requestTimeoutMs,
     keepAliveTimeout: config.server.keepAliveTimeoutMs,
-    http: { maxHeaderSize: config.server.maxHeaderBytes },
+    http: door.http,
     return503OnClosing: false,
     forceCloseConnections: 'idle'
   })
-  app.server.headersTimeout = config.server.headersTimeoutMs
   await app.register(errors)
   await app.register(requestLog, { metrics })
+  await app.register(limits, { server: config.server })
+  await app.register(overload, { server: config.server, metrics })
   for (const route of config.routes) {
     if (route.type === 'proxy') {
       await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })

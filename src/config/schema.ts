@@ -29,6 +29,22 @@ export const ServerSchema = closed({
   keepAliveTimeoutMs: Ms(1, 72000),
   maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1048576, default: 16384 }),
   maxUrlLength: Type.Integer({ minimum: 64, default: 8192 }),
+  // --- hardening: request limits, path policy, load shedding (README "Limits") ---
+  /** More request headers than this: 431. */
+  maxHeaderCount: Type.Integer({ minimum: 1, maximum: 10000, default: 100 }),
+  /** `%2F` in a path: `reject` (400) or `keep` (forwarded encoded, never decoded). */
+  encodedSlashes: Type.Union([Type.Literal('reject'), Type.Literal('keep')], { default: 'reject' }),
+  /** Requests in progress on the public listener before 503 GW_OVERLOADED; 0: no limit. */
+  maxInFlight: Type.Integer({ minimum: 0, default: 10000 }),
+  /** Mean event-loop delay over a sample that makes the gateway shed load; 0: off. */
+  maxEventLoopDelayMs: Type.Integer({ minimum: 0, default: 1000 }),
+  /** V8 heap in use that makes the gateway shed load; 0: off. */
+  maxHeapUsedBytes: Type.Integer({ minimum: 0, default: 0 }),
+  /** How often event-loop delay and heap are sampled. */
+  loadSampleIntervalMs: Ms(10, 1000),
+  /** `Retry-After` (seconds) on every 503 GW_OVERLOADED. */
+  retryAfterSeconds: Type.Integer({ minimum: 0, default: 1 }),
+  // --- end hardening ---
   logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })
 }, { default: {} })
 
@@ -89,6 +105,8 @@ export const ServiceSchema = closed({
   failback: Type.Union([Type.Literal('auto'), Type.Literal('manual')], { default: 'auto' }),
   /** Upstream sockets per origin: a bulkhead so one slow service cannot take them all. */
   maxConnections: Type.Integer({ minimum: 1, default: 256 }),
+  /** Requests waiting for one of those sockets, per origin, before 503 GW_OVERLOADED (hardening). */
+  maxQueued: Type.Integer({ minimum: 0, default: 256 }),
   origins: Type.Optional(DeploymentSchema),
   deployments: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), DeploymentSchema)),
   traffic: Type.Optional(Type.Record(Type.String(), Type.Integer({ minimum: 0 }))),
