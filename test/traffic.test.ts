@@ -100,7 +100,7 @@ t.test('deployments left out of the body get weight 0, as in the config', async 
 
 t.test('every invalid body is a 400 with a message, and changes nothing', async (t) => {
   const { g } = await blueGreen(t, { blue: 100, green: 0 })
-  const cases: Array<{ name: string, body?: unknown, raw?: string, message: RegExp }> = [
+  const cases: Array<{ name: string, body?: unknown, raw?: string, contentType?: string, message: RegExp }> = [
     { name: 'unknown deployment', body: { blue: 0, purple: 100 }, message: /unknown deployment "purple".*blue, green/ },
     { name: 'negative weight', body: { blue: -1, green: 100 }, message: /weight of "blue" must be a non-negative integer \(got -1\)/ },
     { name: 'non-integer weight', body: { blue: 0.5, green: 100 }, message: /weight of "blue" must be a non-negative integer \(got 0\.5\)/ },
@@ -111,10 +111,11 @@ t.test('every invalid body is a 400 with a message, and changes nothing', async 
     { name: 'an array', body: [{ blue: 0 }], message: /body must be a JSON object/ },
     { name: 'a number', body: 100, message: /body must be a JSON object/ },
     { name: 'invalid JSON', raw: '{"blue": 0, "green":', message: /JSON/i },
+    { name: 'a form body (curl -d without a content type)', raw: '{"blue":0,"green":100}', contentType: 'application/x-www-form-urlencoded', message: /media type/i },
     { name: 'a valid weight next to a bad one is not applied either', body: { blue: 0, green: 100.5 }, message: /weight of "green"/ }
   ]
   for (const c of cases) {
-    const res = await putTraffic(g.adminUrl, c.body, c.raw === undefined ? {} : { raw: c.raw })
+    const res = await putTraffic(g.adminUrl, c.body, { ...(c.raw === undefined ? {} : { raw: c.raw }), ...(c.contentType === undefined ? {} : { contentType: c.contentType }) })
     t.equal(res.status, 400, `${c.name}: 400`)
     t.equal(res.body.code, 'GW_BAD_REQUEST', `${c.name}: code`)
     t.equal(res.body.statusCode, 400, `${c.name}: statusCode in the body`)

@@ -61,8 +61,8 @@ export async function colourOf (gatewayUrl: string, headers: Record<string, stri
 }
 
 /** PUT /admin/services/:name/traffic with the test token (or the given auth header). */
-export async function putTraffic (adminUrl: string, body: unknown, opts: { service?: string, authorization?: string | null, raw?: string } = {}): Promise<{ status: number, body: Record<string, unknown> }> {
-  const headers: Record<string, string> = { 'content-type': 'application/json' }
+export async function putTraffic (adminUrl: string, body: unknown, opts: { service?: string, authorization?: string | null, raw?: string, contentType?: string } = {}): Promise<{ status: number, body: Record<string, unknown> }> {
+  const headers: Record<string, string> = { 'content-type': opts.contentType ?? 'application/json' }
   const auth = opts.authorization === undefined ? `Bearer ${TOKEN}` : opts.authorization
   if (auth !== null) headers.authorization = auth
   const res = await request(`${adminUrl}/admin/services/${opts.service ?? 'review'}/traffic`, {
