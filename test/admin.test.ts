@@ -12,6 +12,11 @@ import { startGateway, fastService, type TestGateway } from './helpers/gateway.j
 const TOKEN = 'adm1n-T0ken-4c7e9b'
 const WRONG = 'wr0ng-T0ken-77d1aa'
 
+// Probes every 50 ms, but a live loopback upstream has 2 s to answer one:
+// origins that are up stay healthy however busy the machine is.
+const healthCheck = { intervalMs: 50, timeoutMs: 2000, unhealthyThreshold: 2, healthyThreshold: 2 }
+const steady = (origins: { primary: string, secondary?: string }): Record<string, unknown> => fastService(origins, { healthCheck })
+
 interface Setup { g: TestGateway, product: TestUpstream, productB: TestUpstream, blue: TestUpstream, green: TestUpstream }
 
 async function setup (t: { teardown: (fn: () => unknown) => void }, token: string): Promise<Setup> {
@@ -19,9 +24,9 @@ async function setup (t: { teardown: (fn: () => unknown) => void }, token: strin
   const g = await startGateway({
     admin: { token },
     services: {
-      product: fastService({ primary: product.url, secondary: productB.url }),
+      product: steady({ primary: product.url, secondary: productB.url }),
       review: {
-        healthCheck: { intervalMs: 50, timeoutMs: 40 },
+        healthCheck,
         deployments: { blue: { primary: blue.url }, green: { primary: green.url } },
         traffic: { blue: 100, green: 0 }
       }
@@ -200,8 +205,8 @@ t.test('/readyz answers 503 with the failing services when a service with traffi
   const up = await startUpstream('inventory')
   const g = await startGateway({
     services: {
-      product: fastService({ primary: `http://127.0.0.1:${port}` }),
-      inventory: fastService({ primary: up.url })
+      product: steady({ primary: `http://127.0.0.1:${port}` }),
+      inventory: steady({ primary: up.url })
     }
   })
   t.teardown(async () => { await g.close(); await up.close() })
