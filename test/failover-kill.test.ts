@@ -12,8 +12,8 @@ import { startGateway, fastService, type TestGateway } from './helpers/gateway.j
 
 
 const LOOPS = 8
-const BEFORE_KILL = 120 // successful GETs before the kill
-const AFTER_SWITCH = 120 // GETs to run after the switch, all on the secondary
+const BEFORE_KILL = 80 // successful GETs before the kill
+const AFTER_SWITCH = 100 // GETs to run after the switch, all on the secondary
 const DEADLINE_MS = 3000 // after the kill
 
 interface Outcome { ok: boolean, name: string, detail: string }
