@@ -61,6 +61,7 @@ export class Metrics {
     for (const service of registry.services.values()) {
       for (const [dep, group] of service.groups) {
         const retries = this.failovers.labels(service.name, dep, 'retry')
+        retries.inc(0)
         group.onRetry = () => retries.inc()
         for (const kind of ['switch', 'failback'] as const) this.failovers.labels(service.name, dep, kind).inc(0)
         this.trafficWeight.labels(service.name, dep).set(service.traffic[dep] ?? 0)
