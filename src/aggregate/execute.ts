@@ -9,7 +9,8 @@
  * A section's answer counts only when it is 2xx, JSON by content type,
  * valid UTF-8 JSON by content and within `maxSectionBytes`. The merged
  * answer is spliced from the sections' own validated bytes — nothing is
- * re-serialised — so a section's JSON reaches the client byte for byte.
+ * parsed into objects or re-serialised (json-check.ts validates in one
+ * pass) — so a section's JSON reaches the client byte for byte.
  *
  * A required section that fails decides the answer at once: 4xx -> that
  * status (GW_SECTION_STATUS), deadline or attempt timeout -> 504
@@ -24,6 +25,7 @@ import type { Readable } from 'node:stream'
 import { GatewayError, classifyUpstreamError } from '../errors.js'
 import type { UpstreamResponse } from '../upstream/origin-group.js'
 import { fillTemplate, type AggregatePlan, type SectionOutcome, type SectionPlan } from './plan.js'
+import { isJsonText } from './json-check.js'
 
 /** What one section produced. */
 export interface SectionResult {
@@ -296,15 +298,9 @@ export function isJsonType (ct: string | undefined): boolean {
   return type === 'application/json' || (type.endsWith('+json') && type.indexOf('/') > 0)
 }
 
-/** UTF-8 JSON text (RFC 8259 §8.1), checked without keeping the parsed value. */
+/** UTF-8 JSON text (RFC 8259 §8.1), checked without building the value. */
 export function isJson (bytes: Buffer): boolean {
-  if (!isUtf8(bytes)) return false
-  try {
-    JSON.parse(bytes.toString('utf8'))
-    return true
-  } catch {
-    return false
-  }
+  return isUtf8(bytes) && isJsonText(bytes)
 }
 
 /** The whole body, or null (body destroyed) once it passes `max` bytes. */
