@@ -83,10 +83,14 @@ async function requestBody (request: FastifyRequest, limit: number, buffer: bool
   if (buffer) {
     const chunks: Buffer[] = []
     let n = 0
-    for await (const chunk of raw) {
-      n += (chunk as Buffer).length
-      if (n > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`)
-      chunks.push(chunk as Buffer)
+    try {
+      for await (const chunk of raw) {
+        n += (chunk as Buffer).length
+        if (n > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`)
+        chunks.push(chunk as Buffer)
+      }
+    } catch (err) {
+      throw clientBodyError(err)
     }
     const all = Buffer.concat(chunks)
     return { open: () => all, started: false, replayable: true }
@@ -113,10 +117,25 @@ class StreamedBody implements RequestBody {
   async * #pull (): AsyncGenerator<Buffer> {
     this.started = true
     let n = 0
-    for await (const chunk of this.#raw.iterator({ destroyOnReturn: false })) {
-      n += (chunk as Buffer).length
-      if (n > this.#limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${this.#limit} bytes`)
-      yield chunk as Buffer
+    try {
+      for await (const chunk of this.#raw.iterator({ destroyOnReturn: false })) {
+        n += (chunk as Buffer).length
+        if (n > this.#limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${this.#limit} bytes`)
+        yield chunk as Buffer
+      }
+    } catch (err) {
+      throw clientBodyError(err)
     }
   }
+}
+
+/**
+ * A request body that failed on the client's side (too large, or the client
+ * hung up mid-upload) is a GatewayError: the origin group then knows it is
+ * not the origin's fault (no breaker failure, no failover) and the client
+ * error is not logged as an upstream failure.
+ */
+function clientBodyError (err: unknown): GatewayError {
+  if (err instanceof GatewayError) return err
+  return new GatewayError('GW_BAD_REQUEST', 'the client closed the connection before the request body was complete', { cause: err })
 }

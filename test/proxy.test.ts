@@ -290,6 +290,56 @@ t.test('a body over server.bodyLimitBytes: 413 GW_BODY_TOO_LARGE', async (t) => 
   t.equal(up.requests[0]!.body.length, 1024)
 })
 
+t.test('client-side body failures never count against the origin', async (t) => {
+  // Probes are far apart, so only real traffic could move the breaker.
+  const up = await startUpstream('product')
+  const g = await startGateway({
+    server: { bodyLimitBytes: 1024 },
+    // PUT is retryable here, so its body is buffered; POST's is streamed.
+    services: { product: fastService({ primary: up.url }, { healthCheck: { intervalMs: 60000, timeoutMs: 2000 }, retry: { methods: ['GET', 'PUT'] } }) },
+    routes: [{ type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' }]
+  })
+  t.teardown(async () => { await g.close(); await up.close() })
+  const origin = (): unknown => g.gw.registry.snapshot('product')!.deployments.default!.origins.primary
+  const volume = 12 // over the breaker's volumeThreshold (5)
+
+  for (let i = 0; i < volume; i++) {
+    const res = await request(`${g.url}/api/products/big`, { method: 'POST', body: Readable.from([Buffer.alloc(600), Buffer.alloc(600)]) })
+    await res.body.dump()
+    t.equal(res.statusCode, 413)
+  }
+  t.match(origin(), { healthy: true, breaker: 'closed' }, 'oversized bodies are the client\'s fault')
+
+  // Clients that hang up in the middle of a streamed upload.
+  const { port } = new URL(g.url)
+  for (const method of ['POST', 'PUT']) {
+    for (let i = 0; i < volume; i++) {
+      const socket = connect(Number(port), '127.0.0.1')
+      await once(socket, 'connect')
+      socket.write(`${method} /api/products/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`)
+      socket.destroy()
+    }
+  }
+  // Every aborted request ends in the error handler, which logs its code.
+  await until(() => g.logs.filter((l) => l.reqId !== undefined && typeof l.code === 'string' && l.code.startsWith('GW_')).length >= 2 * volume)
+  t.match(origin(), { healthy: true, breaker: 'closed' }, 'aborted uploads are the client\'s fault')
+  t.notOk(up.requests.some((r) => r.url === '/products/upload'), 'no truncated upload reached the upstream as complete')
+  const failures = g.logs.filter((l) => (l.level as number) >= 50)
+  t.strictSame(failures.map((l) => l.msg), [], 'and are not logged as errors')
+  const good = await request(`${g.url}/api/products/after`, { method: 'POST', body: 'fine' })
+  await good.body.dump()
+  t.equal(good.statusCode, 200)
+})
+
+/** Polls `check` every 10 ms for up to 5 s. */
+async function until (check: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5000
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('condition not met in 5 s')
+    await new Promise((resolve) => setTimeout(resolve, 10))
+  }
+}
+
 t.test('upstream down and no secondary: 502 GW_UPSTREAM_FAILED without details', async (t) => {
   const port = await deadPort()
   const g = await startGateway({
