@@ -5,7 +5,11 @@
  * probes and metrics, and the token never reaching a log line.
  */
 import t from 'tap'
+import type { AddressInfo } from 'node:net'
 import { request } from 'undici'
+import pino from 'pino'
+import { validateConfig } from '../src/config/load.js'
+import { buildGateway } from '../src/app.js'
 import { startUpstream, deadPort, type TestUpstream } from './helpers/upstream.js'
 import { startGateway, fastService, type TestGateway } from './helpers/gateway.js'
 
@@ -198,6 +202,22 @@ t.test('/healthz, /readyz and /metrics', async (t) => {
   t.match(m.text, /^gateway_request_duration_seconds_count\{route="\/api\/products"\} 1$/m)
   t.match(m.text, /^gateway_origin_healthy\{service="review",deployment="green",origin="primary"\} 1$/m)
   t.match(m.text, /^gateway_failovers_total\{service="product",deployment="default",kind="(retry|switch|failback)"\} 0$/m)
+})
+
+t.test('/healthz answers 503 until both listeners accept connections', async (t) => {
+  const up = await startUpstream('product')
+  const config = validateConfig({ server: { host: '127.0.0.1', port: 0 }, admin: { host: '127.0.0.1', port: 0 }, services: { product: steady({ primary: up.url }) } })
+  const gw = await buildGateway(config, { logger: pino({ level: 'silent' }) })
+  t.teardown(async () => { await gw.close(); await up.close() })
+  await gw.admin.listen({ host: '127.0.0.1', port: 0 })
+  const adminUrl = `http://127.0.0.1:${(gw.admin.server.address() as AddressInfo).port}`
+  const before = await call(`${adminUrl}/healthz`)
+  t.equal(before.status, 503, 'the public listener is not up yet')
+  await gw.app.listen({ host: '127.0.0.1', port: 0 })
+  gw.markListening()
+  const after = await call(`${adminUrl}/healthz`)
+  t.equal(after.status, 200)
+  t.strictSame(after.body, { status: 'ok' })
 })
 
 t.test('/readyz answers 503 with the failing services when a service with traffic has no healthy origin', async (t) => {

@@ -118,6 +118,9 @@ routes:
   t.ok(refusedWhileDraining, 'a new connection is refused once the drain started')
   t.equal(held.length, 3, 'while the in-flight requests are still waiting on the upstream')
   t.equal(child.exitCode, null, 'and the process is still running')
+  const health = await request(`${admin}/healthz`)
+  await health.body.dump()
+  t.equal(health.statusCode, 503, '/healthz tells orchestrators the gateway is going away')
 
   release()
   const answers = await Promise.all(inflight)
