@@ -11,7 +11,7 @@
 import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError, upstreamFailure } from '../src/errors.js'
-import { HOP_BY_HOP, connectionNamed, endToEnd } from '../src/http.js'
+import { endToEnd } from '../src/http.js'
 import type { ProxyRoute } from '../src/config/schema.js'
 import type { Service } from '../src/upstream/service.js'
 import type { RequestBody, UpstreamResponse } from '../src/upstream/origin-group.js'
@@ -58,19 +58,54 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
       res.body.dump().catch(() => {})
       throw upstreamFailure(Object.assign(new Error(`upstream answered status ${res.statusCode}`), { code: 'GW_BAD_UPSTREAM_STATUS' }), service.name)
     }
-    reply.code(res.statusCode)
-    const named = connectionNamed(res.headers.connection)
-    for (const key in res.headers) {
-      const v = res.headers[key]
-      if (v === undefined || HOP_BY_HOP.has(key) || (named !== null && named.has(key))) continue
-      reply.header(key, v)
-    }
-    reply.header('x-request-id', request.id)
-    return reply.send(res.body)
+    // The answer goes straight to the socket (fastify's onResponse hooks —
+    // access log, metrics — still run when it finishes). The status line
+    // waits for the first body byte: an upstream body that fails before it
+    // is still answered with a clean 502/504.
+    const out = endToEnd(res.headers)
+    out['x-request-id'] = request.id
+    reply.hijack()
+    relay(request, reply, res, out, service.name)
+    return reply
   }
 
   fastify.route({ method: METHODS, url: prefix === '' ? '/' : prefix, handler, config: { label } })
   fastify.route({ method: METHODS, url: `${prefix}/*`, handler, config: { label } })
+}
+
+/** Streams an upstream answer to the client with backpressure. */
+function relay (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse, headers: Record<string, string | string[]>, service: string): void {
+  const raw = reply.raw
+  const body = res.body
+  let started = false
+  const start = (): void => {
+    started = true
+    raw.writeHead(res.statusCode, headers)
+  }
+  body.on('data', (chunk: Buffer) => {
+    if (!started) start()
+    if (!raw.write(chunk)) body.pause()
+  })
+  body.on('end', () => {
+    if (!started) start()
+    raw.end()
+  })
+  body.on('error', (err) => {
+    if (started) {
+      // Part of the answer is out: cutting the connection is the only
+      // honest way to tell the client it is incomplete.
+      raw.destroy()
+      return
+    }
+    const e = upstreamFailure(err, service)
+    request.log.error({ err, code: e.code }, e.message)
+    const json = JSON.stringify(e.toJSON())
+    raw.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(json), 'x-request-id': request.id })
+    raw.end(json)
+  })
+  raw.on('drain', () => body.resume())
+  // The client went away: stop reading the upstream (its socket is released).
+  raw.on('close', () => { if (!body.readableEnded) body.destroy() })
 }
 
 /** The request's body for the upstream, or null when it has none. */

@@ -14,7 +14,7 @@ export const HOP_BY_HOP: ReadonlySet<string> = new Set([
 
 /** Names listed in a Connection header (lower-cased), or null when there are none. */
 export function connectionNamed (value: string | string[] | undefined): Set<string> | null {
-  if (value === undefined) return null
+  if (value === undefined || value === 'keep-alive' || value === 'close') return null
   const joined = Array.isArray(value) ? value.join(',') : value
   const names = new Set<string>()
   for (const part of joined.split(',')) {

@@ -183,7 +183,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
   }
   origin.inFlight++
   let finished = false
-  const ac = new AbortController()
+  const ac = new AttemptSignal()
   const timer = setTimeout(abortOnDeadline, policy.timeoutMs, ac)
   const onCallerAbort = (): void => ac.abort(caller?.reason)
   caller?.addEventListener('abort', onCallerAbort, { once: true })
@@ -201,7 +201,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       path: req.path,
       headers: req.headers,
       body: req.body === null ? null : req.body.open(),
-      signal: ac.signal
+      signal: ac
     })
   } catch (err) {
     done()
@@ -224,6 +224,23 @@ function isOwnError (err: unknown): boolean {
   return err instanceof GatewayError && err.code !== 'GW_DEADLINE'
 }
 
-function abortOnDeadline (ac: AbortController): void {
+function abortOnDeadline (ac: AttemptSignal): void {
   ac.abort(new GatewayError('GW_DEADLINE', 'upstream attempt timed out'))
+}
+
+/**
+ * The abort signal of one attempt. undici accepts any EventEmitter with
+ * `aborted` and `reason` as a signal; this one costs a fraction of an
+ * AbortController (EventTarget), and there is one per upstream attempt.
+ */
+class AttemptSignal extends EventEmitter<{ abort: [] }> {
+  aborted = false
+  reason: unknown = undefined
+
+  abort (reason: unknown): void {
+    if (this.aborted) return
+    this.aborted = true
+    this.reason = reason
+    this.emit('abort')
+  }
 }
