@@ -82,30 +82,32 @@ function relay (request: FastifyRequest, reply: FastifyReply, res: UpstreamRespo
     started = true
     raw.writeHead(res.statusCode, headers)
   }
-  body.on('data', (chunk: Buffer) => {
-    if (!started) start()
-    if (!raw.write(chunk)) body.pause()
-  })
-  body.on('end', () => {
-    if (!started) start()
-    raw.end()
-  })
-  body.on('error', (err) => {
-    if (started) {
-      // Part of the answer is out: cutting the connection is the only
-      // honest way to tell the client it is incomplete.
-      raw.destroy()
-      return
-    }
-    const e = upstreamFailure(err, service)
-    request.log.error({ err, code: e.code }, e.message)
-    const json = JSON.stringify(e.toJSON())
-    raw.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(json), 'x-request-id': request.id })
-    raw.end(json)
-  })
   raw.on('drain', () => body.resume())
   // The client went away: stop reading the upstream (its socket is released).
-  raw.on('close', () => { if (!body.readableEnded) body.destroy() })
+  raw.on('close', () => body.destroy())
+  body.consume({
+    data (chunk) {
+      if (!started) start()
+      return raw.write(chunk)
+    },
+    end () {
+      if (!started) start()
+      raw.end()
+    },
+    error (err) {
+      if (started) {
+        // Part of the answer is out: cutting the connection is the only
+        // honest way to tell the client it is incomplete.
+        raw.destroy()
+        return
+      }
+      const e = upstreamFailure(err, service)
+      request.log.error({ err, code: e.code }, e.message)
+      const json = JSON.stringify(e.toJSON())
+      raw.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(json), 'x-request-id': request.id })
+      raw.end(json)
+    }
+  })
 }
 
 /** The request's body for the upstream, or null when it has none. */

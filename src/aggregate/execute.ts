@@ -24,6 +24,7 @@ import type { IncomingHttpHeaders } from 'node:http'
 import type { Readable } from 'node:stream'
 import { GatewayError, classifyUpstreamError } from '../errors.js'
 import type { UpstreamResponse } from '../upstream/origin-group.js'
+import type { UpstreamBody } from '../upstream/upstream-body.js'
 import { fillTemplate, type AggregatePlan, type SectionOutcome, type SectionPlan } from './plan.js'
 import { isJsonText } from './json-check.js'
 
@@ -240,8 +241,7 @@ async function fetchSection (f: Fanout, s: SectionPlan, path: string): Promise<S
   const cl = res.headers['content-length']
   if (cl !== undefined && Number(cl) > max) {
     // Reading it only to throw it away costs more than a new connection.
-    // (undici destroys an unfinished body with an error: listen for it.)
-    body.on('error', noop).destroy()
+    body.destroy()
     return failed('too_large', null, origin, status)
   }
   let bytes: Buffer | null
@@ -304,21 +304,24 @@ export function isJson (bytes: Buffer): boolean {
 }
 
 /** The whole body, or null (body destroyed) once it passes `max` bytes. */
-function readCapped (body: Readable, max: number): Promise<Buffer | null> {
+function readCapped (body: UpstreamBody, max: number): Promise<Buffer | null> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
     let n = 0
-    body.on('data', (chunk: Buffer) => {
-      n += chunk.length
-      if (n > max) {
-        body.destroy()
-        resolve(null)
-        return
-      }
-      chunks.push(chunk)
+    body.consume({
+      data (chunk) {
+        n += chunk.length
+        if (n > max) {
+          body.destroy()
+          resolve(null)
+          return false
+        }
+        chunks.push(chunk)
+        return true
+      },
+      end () { resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n)) },
+      error: reject
     })
-    body.on('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, n)))
-    body.on('error', reject)
   })
 }
 

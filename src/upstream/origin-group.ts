@@ -20,6 +20,7 @@ import type { Readable } from 'node:stream'
 import type { Dispatcher } from 'undici'
 import { GatewayError, classifyUpstreamError, errorCode } from '../errors.js'
 import type { Origin, OriginRole, OriginHealthEvent } from './origin.js'
+import { UpstreamBody } from './upstream-body.js'
 
 export type FailoverKind = 'retry' | 'switch' | 'failback'
 
@@ -62,7 +63,7 @@ export interface UpstreamRequest {
 export interface UpstreamResponse {
   statusCode: number
   headers: IncomingHttpHeaders
-  body: Dispatcher.ResponseData['body']
+  body: UpstreamBody
   origin: Origin
   /** True when this answer came from the second attempt. */
   retried: boolean
@@ -182,39 +183,73 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
     throw new GatewayError('GW_OVERLOADED', `service ${origin.service} has too many requests waiting`, { headers: { 'retry-after': String(Math.max(1, Math.ceil(policy.timeoutMs / 1000))) } })
   }
   origin.inFlight++
-  let finished = false
-  const ac = new AttemptSignal()
-  const timer = setTimeout(abortOnDeadline, policy.timeoutMs, ac)
-  const onCallerAbort = (): void => ac.abort(caller?.reason)
-  caller?.addEventListener('abort', onCallerAbort, { once: true })
-  const done = (): void => {
-    if (finished) return
-    finished = true
-    origin.inFlight--
-    clearTimeout(timer)
-    caller?.removeEventListener('abort', onCallerAbort)
-  }
-  let res: Dispatcher.ResponseData
-  try {
-    res = await dispatcher.request({
-      method: req.method as Dispatcher.HttpMethod,
-      path: req.path,
-      headers: req.headers,
-      body: req.body === null ? null : req.body.open(),
-      signal: ac
-    })
-  } catch (err) {
-    done()
-    // A request body that failed on its own (too large) is not the origin's fault.
-    if (!isOwnError(err)) {
-      const kind = classifyUpstreamError(err)
-      origin.report(kind === 'connect' ? 'connect_error' : kind)
+  return new Promise<UpstreamResponse>((resolve, reject) => {
+    const body = new UpstreamBody()
+    let controller: Dispatcher.DispatchController | null = null
+    let pendingAbort: Error | null = null
+    let responded = false
+    let finished = false
+    const abort = (reason: Error): void => {
+      if (controller !== null) controller.abort(reason)
+      else pendingAbort = reason
     }
-    throw err
-  }
-  res.body.once('close', done)
-  origin.report(res.statusCode >= 500 ? 'error_status' : 'ok')
-  return { statusCode: res.statusCode, headers: res.headers, body: res.body, origin, retried }
+    const timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort)
+    const onCallerAbort = (): void => abort(caller?.reason as Error)
+    caller?.addEventListener('abort', onCallerAbort, { once: true })
+    // Releases the attempt's slot and timer once the origin is done with it.
+    const done = (): void => {
+      if (finished) return
+      finished = true
+      origin.inFlight--
+      clearTimeout(timer)
+      caller?.removeEventListener('abort', onCallerAbort)
+    }
+    body.onFinish(done)
+    const failed = (err: Error): void => {
+      done()
+      // A request body that failed on its own (too large) is not the origin's fault.
+      if (!isOwnError(err)) {
+        const kind = classifyUpstreamError(err)
+        origin.report(kind === 'connect' ? 'connect_error' : kind)
+      }
+      reject(err)
+    }
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart (c) {
+        controller = c
+        if (pendingAbort !== null) c.abort(pendingAbort)
+      },
+      onResponseStart (c, statusCode, headers) {
+        responded = true
+        body.attach(c)
+        origin.report(statusCode >= 500 ? 'error_status' : 'ok')
+        resolve({ statusCode, headers, body, origin, retried })
+      },
+      onResponseData (_c, chunk) { body.push(chunk) },
+      onResponseEnd () {
+        done()
+        body.end()
+      },
+      onResponseError (_c, err) {
+        if (!responded) {
+          failed(err)
+          return
+        }
+        done()
+        body.fail(err)
+      }
+    }
+    try {
+      dispatcher.dispatch({
+        method: req.method as Dispatcher.HttpMethod,
+        path: req.path,
+        headers: req.headers,
+        body: req.body === null ? null : req.body.open()
+      }, handler)
+    } catch (err) {
+      failed(err as Error)
+    }
+  })
 }
 
 const ignore = (): void => {}
@@ -224,23 +259,7 @@ function isOwnError (err: unknown): boolean {
   return err instanceof GatewayError && err.code !== 'GW_DEADLINE'
 }
 
-function abortOnDeadline (ac: AttemptSignal): void {
-  ac.abort(new GatewayError('GW_DEADLINE', 'upstream attempt timed out'))
+function abortOnDeadline (abort: (reason: Error) => void): void {
+  abort(new GatewayError('GW_DEADLINE', 'upstream attempt timed out'))
 }
 
-/**
- * The abort signal of one attempt. undici accepts any EventEmitter with
- * `aborted` and `reason` as a signal; this one costs a fraction of an
- * AbortController (EventTarget), and there is one per upstream attempt.
- */
-class AttemptSignal extends EventEmitter<{ abort: [] }> {
-  aborted = false
-  reason: unknown = undefined
-
-  abort (reason: unknown): void {
-    if (this.aborted) return
-    this.aborted = true
-    this.reason = reason
-    this.emit('abort')
-  }
-}
