@@ -21,6 +21,7 @@ import type { Dispatcher } from 'undici'
 import { GatewayError, classifyUpstreamError, errorCode } from '../errors.js'
 import type { Origin, OriginRole, OriginHealthEvent } from './origin.js'
 import { UpstreamBody } from './upstream-body.js'
+import type { CancelSignal } from './cancel.js'
 
 export type FailoverKind = 'retry' | 'switch' | 'failback'
 
@@ -57,7 +58,7 @@ export interface UpstreamRequest {
   headers: Record<string, string | string[]>
   body: RequestBody | null
   /** The caller's deadline (aggregate routes); aborting it stops everything. */
-  signal?: AbortSignal
+  signal?: CancelSignal
 }
 
 export interface UpstreamResponse {
