@@ -7,17 +7,20 @@ import type { FastifyInstance } from 'fastify'
 import type { Registry } from '../src/upstream/registry.js'
 import type { Metrics } from '../src/metrics.js'
 
+export type ListenerPhase = 'starting' | 'ok' | 'stopping'
+
 export interface HealthRouteOptions {
   registry: Registry
   metrics: Metrics
-  /** True once both listeners accept connections. */
-  listening: () => boolean
+  /** `ok` once both listeners accept connections, `stopping` during a drain. */
+  phase: () => ListenerPhase
 }
 
 export default async function healthRoutes (fastify: FastifyInstance, opts: HealthRouteOptions): Promise<void> {
-  const { registry, metrics, listening } = opts
+  const { registry, metrics, phase } = opts
   fastify.get('/healthz', { config: { label: '/healthz' } }, async (_request, reply) => {
-    if (!listening()) return reply.code(503).send({ status: 'starting' })
+    const p = phase()
+    if (p !== 'ok') return reply.code(503).send({ status: p })
     return { status: 'ok' }
   })
   fastify.get('/readyz', { config: { label: '/readyz' } }, async (_request, reply) => {

@@ -18,7 +18,7 @@ import limits, { frontDoor } from '../plugins/limits.js'
 import overload from '../plugins/overload.js'
 import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
-import healthRoutes from '../routes/health.js'
+import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 
 export interface Gateway {
@@ -101,11 +101,11 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     }
   }
 
-  let listening = false
+  let phase: ListenerPhase = 'starting'
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
-  await admin.register(healthRoutes, { registry, metrics, listening: () => listening })
+  await admin.register(healthRoutes, { registry, metrics, phase: () => phase })
   await admin.register(adminRoutes, { registry, token: config.admin.token })
 
   await app.ready()
@@ -116,13 +116,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     registry,
     metrics,
     logger,
-    markListening () { listening = true },
+    markListening () { phase = 'ok' },
     start () {
       registry.start()
       lattice?.start(registry.origins)
     },
     async close () {
-      listening = false
+      phase = 'stopping'
       await app.close()
       await admin.close()
       // Lattice first: no address may be set on an origin being closed.
