@@ -13,8 +13,8 @@
  * SIGTERM/SIGINT.
  */
 import Fastify from 'fastify'
+import { serveUntilParentGoes } from './helper-process.js'
 import { request } from 'undici'
-import type { AddressInfo } from 'node:net'
 import { parseArgs } from 'node:util'
 
 const { values } = parseArgs({ options: { product: { type: 'string' }, review: { type: 'string' }, inventory: { type: 'string' } } })
@@ -47,15 +47,4 @@ app.get<{ Params: { id: string } }>('/products/:id/details', async (req, reply) 
     return reply.code(502).send({ error: 'upstream failed' })
   }
 })
-await app.listen({ host: '127.0.0.1', port: 0 })
-const { port } = app.server.address() as AddressInfo
-process.stdout.write(`${JSON.stringify({ port, pid: process.pid })}\n`)
-
-const stop = (): void => {
-  void app.close().finally(() => process.exit(0))
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
-process.stdin.once('end', stop)
-process.stdin.once('error', stop)
-process.stdin.resume()
+await serveUntilParentGoes(app)

@@ -25,7 +25,7 @@
 import { request } from 'undici'
 import {
   fmt, loadTable, parseBenchArgs, pinning, startGateway, startHelper, startUpstream, runMatrix,
-  type ChildHandle, type CommonArgs, type MeasuredRow, type Target
+  goalLine, type ChildHandle, type CommonArgs, type MeasuredRow, type Target
 } from './lib.js'
 
 const BASELINE = 'fastify+undici fan-out'
@@ -106,7 +106,7 @@ async function oneLatency (latencyMs: number, light: number, common: CommonArgs)
     ]
     loadTable(`aggregate — three 1 KB JSON sections, upstreams answer after ${latencyMs} ms, ${common.connections} connections, ${common.duration} s × ${common.reps}`, rows, {
       baseline: BASELINE,
-      notes: [...notes, goalLine(rows)]
+      notes: [...notes, goalLine(rows, BASELINE, GATEWAY, 1, false)]
     })
 
     if (latencyMs > 0 && light > 0) {
@@ -125,14 +125,6 @@ async function oneLatency (latencyMs: number, light: number, common: CommonArgs)
   }
 }
 
-/** The goal: at least the baseline's req/s with every feature on. */
-function goalLine (rows: MeasuredRow[]): string {
-  const b = rows.find((r) => r.name === BASELINE)?.result
-  const g = rows.find((r) => r.name === GATEWAY)?.result
-  if (b === undefined || g === undefined || b.rps === 0) return ''
-  const x = g.rps / b.rps
-  return `goal (≥ 1.00× ${BASELINE} req/s): ${x.toFixed(2)}× req/s, p99 ${fmt(g.p99)} vs ${fmt(b.p99)} ms — ${x >= 1 ? 'met' : 'not met'}`
-}
 
 async function expectAggregate (name: string, url: string): Promise<void> {
   const res = await request(url, { headersTimeout: 5000, bodyTimeout: 5000 })

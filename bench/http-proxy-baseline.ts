@@ -11,8 +11,8 @@
  * SIGTERM/SIGINT.
  */
 import Fastify from 'fastify'
+import { serveUntilParentGoes } from './helper-process.js'
 import httpProxy from '@fastify/http-proxy'
-import type { AddressInfo } from 'node:net'
 import { parseArgs } from 'node:util'
 
 const { values } = parseArgs({ options: { upstream: { type: 'string' } } })
@@ -23,15 +23,4 @@ if (values.upstream === undefined) {
 
 const app = Fastify({ logger: false })
 await app.register(httpProxy, { upstream: values.upstream, prefix: '/api', rewritePrefix: '' })
-await app.listen({ host: '127.0.0.1', port: 0 })
-const { port } = app.server.address() as AddressInfo
-process.stdout.write(`${JSON.stringify({ port, pid: process.pid })}\n`)
-
-const stop = (): void => {
-  void app.close().finally(() => process.exit(0))
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
-process.stdin.once('end', stop)
-process.stdin.once('error', stop)
-process.stdin.resume()
+await serveUntilParentGoes(app)

@@ -784,3 +784,16 @@ export function loadTable (title: string, rows: MeasuredRow[], opts: { baseline?
     ]
   })
 }
+
+/**
+ * The goal line under a table: the gateway's req/s against the baseline's,
+ * as a ratio, and (when `p99NoWorse`) its p99 against the baseline's.
+ */
+export function goalLine (rows: MeasuredRow[], baseline: string, gateway: string, minRatio: number, p99NoWorse: boolean): string {
+  const b = rows.find((r) => r.name === baseline)?.result
+  const g = rows.find((r) => r.name === gateway)?.result
+  if (b === undefined || g === undefined || b.rps === 0) return ''
+  const x = g.rps / b.rps
+  const met = x >= minRatio && (!p99NoWorse || g.p99 <= b.p99)
+  return `goal (≥ ${minRatio.toFixed(2)}× ${baseline} req/s${p99NoWorse ? ', p99 ≤ its p99' : ''}): ${x.toFixed(2)}× req/s, p99 ${fmt(g.p99)} vs ${fmt(b.p99)} ms — ${met ? 'met' : 'not met'}`
+}

@@ -9,7 +9,7 @@ import t from 'tap'
 import { createServer, type Server } from 'node:http'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { startGateway, type TestGateway } from './helpers/gateway.js'
+import { startGateway, fastService, type TestGateway } from './helpers/gateway.js'
 import { startFakeLattice, type FakeLattice } from './helpers/fake-lattice.js'
 import { latticeUrl } from '../src/lattice/resolver.js'
 
@@ -27,16 +27,6 @@ function origin (service: string, port: number, extra: Record<string, unknown> =
   return { lattice: { service, port, protocol: 'http', ...extra } }
 }
 
-/** A service block with fast health checks (like fastService) whose origins may be Lattice references. */
-function latticeService (origins: Record<string, unknown>, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return {
-    timeoutMs: 1000,
-    healthCheck: { intervalMs: 50, timeoutMs: 40, unhealthyThreshold: 2, healthyThreshold: 2 },
-    circuitBreaker: { volumeThreshold: 5, resetTimeoutMs: 60000 },
-    origins,
-    ...extra
-  }
-}
 
 /** Polls `fn` until it returns true; fails the test after `ms`. */
 async function until (fn: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
@@ -79,9 +69,9 @@ t.test('resolves services by ARN, by id and by name (ListServices, every page) a
   const g = await startGateway({
     lattice: lattice(fake),
     services: {
-      review: latticeService({ primary: origin(byArn.arn, review.port) }),
-      product: latticeService({ primary: origin(byId.id, product.port) }),
-      inventory: latticeService({ primary: origin('inventory', inventory.port) })
+      review: fastService({ primary: origin(byArn.arn, review.port) }),
+      product: fastService({ primary: origin(byId.id, product.port) }),
+      inventory: fastService({ primary: origin('inventory', inventory.port) })
     },
     routes: [
       { type: 'proxy', prefix: '/r', service: 'review' },
@@ -114,7 +104,7 @@ t.test('the custom domain name wins over the generated one', async (t) => {
   const svc = fake.add({ name: 'review', domainName: 'review-0abc.7d67968.vpc-lattice-svcs.us-east-1.on.aws.invalid', customDomainName: '127.0.0.1' })
   const g = await startGateway({
     lattice: lattice(fake),
-    services: { review: latticeService({ primary: origin(svc.id, up.port) }) },
+    services: { review: fastService({ primary: origin(svc.id, up.port) }) },
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   }, { lattice: { credentials: CREDS } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
@@ -158,7 +148,7 @@ t.test('a refresh that finds a new domain moves traffic; in-flight requests fini
   const svc = fake.add({ name: 'review', domainName: '127.0.0.1' })
   const g = await startGateway({
     lattice: lattice(fake, { refreshIntervalMs: 100 }),
-    services: { review: latticeService({ primary: origin('review', a.port) }, { timeoutMs: 5000 }) },
+    services: { review: fastService({ primary: origin('review', a.port) }, { timeoutMs: 5000 }) },
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   }, { lattice: { credentials: CREDS } })
   t.teardown(async () => {
@@ -191,7 +181,7 @@ t.test('an unresolved origin is unhealthy until it resolves; /readyz follows', a
   const up = await startUpstream('late')
   const g = await startGateway({
     lattice: lattice(fake, { refreshIntervalMs: 150 }),
-    services: { late: latticeService({ primary: origin('late', up.port) }) },
+    services: { late: fastService({ primary: origin('late', up.port) }) },
     routes: [{ type: 'proxy', prefix: '/l', service: 'late' }]
   }, { lattice: { credentials: CREDS, retryBaseMs: 20 } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
@@ -226,7 +216,7 @@ t.test('control-plane failures never stop the gateway; a resolved origin keeps i
   const svc = fake.add({ name: 'review', domainName: '127.0.0.1' })
   const g = await startGateway({
     lattice: lattice(fake, { refreshIntervalMs: 100 }),
-    services: { review: latticeService({ primary: origin(svc.arn, up.port) }) },
+    services: { review: fastService({ primary: origin(svc.arn, up.port) }) },
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   }, { lattice: { credentials: CREDS, retryBaseMs: 10 } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
@@ -264,7 +254,7 @@ t.test('failed lookups back off, but never further apart than refreshIntervalMs'
   fake.failWith = { status: 500, type: 'InternalServerException' }
   const g = await startGateway({
     lattice: lattice(fake, { refreshIntervalMs: 100 }),
-    services: { review: latticeService({ primary: origin('review', up.port) }) },
+    services: { review: fastService({ primary: origin('review', up.port) }) },
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   }, { lattice: { credentials: CREDS, retryBaseMs: 50 } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
@@ -280,7 +270,7 @@ t.test('a service without a DNS name yet stays unresolved (and says why)', async
   const svc = fake.add({ name: 'new', domainName: null, status: 'CREATE_IN_PROGRESS' })
   const g = await startGateway({
     lattice: lattice(fake),
-    services: { new: latticeService({ primary: origin(svc.id, up.port) }) },
+    services: { new: fastService({ primary: origin(svc.id, up.port) }) },
     routes: [{ type: 'proxy', prefix: '/n', service: 'new' }]
   }, { lattice: { credentials: CREDS, retryBaseMs: 20 } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
@@ -308,7 +298,7 @@ t.test('without any AWS region the origin stays unresolved and the log names lat
   fake.add({ name: 'review', domainName: '127.0.0.1' })
   const g = await startGateway({
     lattice: { endpoint: fake.url, refreshIntervalMs: 100 },
-    services: { review: latticeService({ primary: origin('review', up.port) }) },
+    services: { review: fastService({ primary: origin('review', up.port) }) },
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   }, { lattice: { credentials: CREDS } })
   t.teardown(async () => {
@@ -338,7 +328,7 @@ t.test('AWS_ENDPOINT_URL_VPC_LATTICE, AWS_REGION and credentials from the enviro
   process.env.AWS_CONFIG_FILE = '/nonexistent/aws/config'
   process.env.AWS_SHARED_CREDENTIALS_FILE = '/nonexistent/aws/credentials'
   const g = await startGateway({
-    services: { review: latticeService({ primary: origin('review', up.port) }) },
+    services: { review: fastService({ primary: origin('review', up.port) }) },
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   })
   t.teardown(async () => {

@@ -67,8 +67,8 @@ export async function startGateway (raw: Record<string, unknown>, opts: Omit<Bui
   }
 }
 
-/** A service block with fast health checks, for tests. */
-export function fastService (origins: { primary: string, secondary?: string }, extra: Record<string, unknown> = {}): Record<string, unknown> {
+/** A service block with fast health checks, for tests; origins are URLs or `lattice:` references. */
+export function fastService (origins: { primary: unknown, secondary?: unknown }, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     timeoutMs: 1000,
     healthCheck: { intervalMs: 50, timeoutMs: 40, unhealthyThreshold: 2, healthyThreshold: 2 },
