@@ -72,8 +72,16 @@ export function sectionHeaders (plan: AggregatePlan, client: IncomingHttpHeaders
 
 /** Runs the plan; never rejects. */
 export function execute (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>): Promise<FanoutResult> {
+  // Every section path is filled before anything is sent: a parameter that
+  // would make a "." or ".." segment refuses the request (plan.ts fillTemplate).
+  const paths: string[] = []
+  for (const s of plan.sections) {
+    const path = fillTemplate(s.template, params)
+    if (path === null) return Promise.resolve({ ok: false, error: new GatewayError('GW_BAD_REQUEST', `a route parameter would make a "." or ".." path segment in section ${s.key}`), upstream: `${s.key}=!bad-parameter` })
+    paths.push(path)
+  }
   return new Promise((resolve) => {
-    new Fanout(plan, params, clientHeaders, headers, resolve).start()
+    new Fanout(plan, paths, clientHeaders, headers, resolve).start()
   })
 }
 
@@ -83,7 +91,8 @@ const CLOSE = Buffer.from('}')
 /** The state of one aggregate request. */
 class Fanout {
   readonly #plan: AggregatePlan
-  readonly #params: Readonly<Record<string, string | undefined>>
+  /** Each section's filled path, in plan order. */
+  readonly #paths: readonly string[]
   readonly #clientHeaders: IncomingHttpHeaders
   readonly #headers: Record<string, string | string[]>
   readonly #resolve: (r: FanoutResult) => void
@@ -97,9 +106,9 @@ class Fanout {
   #deadlinePassed = false
   #timer: NodeJS.Timeout | null = null
 
-  constructor (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, resolve: (r: FanoutResult) => void) {
+  constructor (plan: AggregatePlan, paths: readonly string[], clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, resolve: (r: FanoutResult) => void) {
     this.#plan = plan
-    this.#params = params
+    this.#paths = paths
     this.#clientHeaders = clientHeaders
     this.#headers = headers
     this.#resolve = resolve
@@ -112,7 +121,7 @@ class Fanout {
     const sections = this.#plan.sections
     for (let i = 0; i < sections.length; i++) {
       const s = sections[i]!
-      fetchSection(this, s, fillTemplate(s.template, this.#params)).then((r) => this.#settle(s, r), (err: unknown) => this.#settle(s, failed('error', err, null, 0)))
+      fetchSection(this, s, this.#paths[i]!).then((r) => this.#settle(s, r), (err: unknown) => this.#settle(s, failed('error', err, null, 0)))
     }
   }
 

@@ -130,12 +130,30 @@ export function compileTemplate (path: string): PathTemplate {
   return { literals, params }
 }
 
-/** Fills a template with route parameters, each URL-encoded (a `/` in a value stays inside its segment). */
-export function fillTemplate (t: PathTemplate, values: Readonly<Record<string, string | undefined>>): string {
+/**
+ * Fills a template with route parameters, each URL-encoded (a `/` in a value
+ * stays inside its segment). Null when the filled path would have a `.` or
+ * `..` segment: encoding leaves dots alone, and a route such as
+ * `/files/:name.json` hands `..` over for `/files/...json`; an upstream that
+ * normalises paths would resolve `/items/../meta` to `/meta`, outside the
+ * section's template. The caller refuses the request instead.
+ */
+export function fillTemplate (t: PathTemplate, values: Readonly<Record<string, string | undefined>>): string | null {
   const { literals, params } = t
   let out = literals[0]!
   for (let i = 0; i < params.length; i++) {
     out += encodeURIComponent(values[params[i]!] ?? '') + literals[i + 1]!
   }
-  return out
+  // A dot-segment starts the path or follows a "/": one cheap test first.
+  return (out.charCodeAt(0) === 46 || out.includes('/.')) && hasDotSegment(out) ? null : out
+}
+
+/** True when the path part (before `?` or `#`) has a segment that is exactly `.` or `..`. */
+function hasDotSegment (target: string): boolean {
+  const end = target.search(/[?#]/)
+  const segments = (end === -1 ? target : target.slice(0, end)).split('/')
+  for (let i = 0; i < segments.length; i++) {
+    if (segments[i] === '.' || segments[i] === '..') return true
+  }
+  return false
 }

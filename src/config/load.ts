@@ -85,30 +85,34 @@ function emptyToString (value: unknown, root = false): unknown {
 export function validateConfig (raw: unknown, source = 'config'): GatewayConfig {
   const issues: ConfigIssue[] = []
   if (raw === null || raw === undefined) raw = {}
-  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError([{ path: '', message: 'the config must be a mapping with services and routes' }], source)
+  if (!isMapping(raw)) throw new ConfigError([{ path: '', message: 'the config must be a mapping with services and routes' }], source)
+  const doc = screen(raw, '', 0, issues, source) as Record<string, unknown>
   // The top level is checked for shape only; its parts are checked below
   // even when it has errors, so one run reports everything.
-  check(TopSchema, raw, '', issues)
-  const top = Value.Default(TopSchema, structuredClone(raw)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'], services: Record<string, Record<string, unknown>>, routes: unknown[] }
-  if (typeof top.services !== 'object' || top.services === null) top.services = {}
-  if (!Array.isArray(top.routes)) top.routes = []
+  check(TopSchema, doc, '', issues)
+  const top = Value.Default(TopSchema, structuredClone(doc)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'] }
+  // A `services` or `routes` of the wrong shape is reported by the check
+  // above; nothing below reports again on its account.
+  const servicesRaw = doc.services === undefined ? {} : isMapping(doc.services) ? doc.services : null
+  const routesRaw: unknown[] = Array.isArray(doc.routes) ? doc.routes : []
 
   const services: Record<string, ServiceConfig> = {}
-  for (const [name, svc] of Object.entries(top.services ?? {})) {
+  for (const [name, svc] of Object.entries(servicesRaw ?? {})) {
     const s = compileService(name, svc, issues)
     if (s !== undefined) services[name] = s
   }
-  if (Object.keys(top.services ?? {}).length === 0) issues.push({ path: 'services', message: 'at least one service is required' })
+  if (servicesRaw !== null && Object.keys(servicesRaw).length === 0) issues.push({ path: 'services', message: 'at least one service is required' })
 
   const routes: RouteConfig[] = []
   const seen = new Map<string, string>()
-  top.routes.forEach((r, i) => {
+  routesRaw.forEach((r, i) => {
     const path = `routes[${i}]`
     const route = compileRoute(r, path, issues)
     if (route === undefined) return
     const services_ = route.type === 'proxy' ? [[`${path}.service`, route.service]] : Object.entries(route.sections).map(([k, s]) => [`${path}.sections.${k}.service`, s.service])
     for (const [p, svc] of services_) {
-      if (!(svc! in (top.services ?? {}))) issues.push({ path: p!, message: `unknown service "${svc}" (defined: ${Object.keys(top.services ?? {}).join(', ') || 'none'})` })
+      // Own names only: a route naming "constructor" is not a service.
+      if (servicesRaw !== null && !Object.hasOwn(servicesRaw, svc!)) issues.push({ path: p!, message: `unknown service "${svc}" (defined: ${Object.keys(servicesRaw).join(', ') || 'none'})` })
     }
     const key = route.type === 'proxy' ? `prefix ${route.prefix.replace(/\/+$/, '') || '/'}` : `${route.method} ${normaliseTemplate(route.path)}`
     const prev = seen.get(key)
@@ -117,13 +121,41 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
     routes.push(route)
   })
 
-  if (issues.length > 0) throw new ConfigError(issues, source)
+  // A value checked twice (a deployment inside its service, then alone) reports once.
+  const unique = issues.filter((x, i) => issues.findIndex((y) => y.path === x.path && y.message === x.message) === i)
+  if (unique.length > 0) throw new ConfigError(unique, source)
   return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, services, routes })
 }
 
-function compileService (name: string, raw: Record<string, unknown>, issues: ConfigIssue[]): ServiceConfig | undefined {
+const MAX_DEPTH = 32
+
+/** A mapping: an object that is not a list (`typeof` says "object" for both, and for null). */
+function isMapping (v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/**
+ * Copies a parsed document, reporting and dropping every `__proto__` key
+ * (names become object keys below, where it would vanish or replace a
+ * prototype) and refusing a document nested deeper than any config needs
+ * (the checks below recurse; a hostile depth would overflow the stack).
+ */
+function screen (value: unknown, path: string, depth: number, issues: ConfigIssue[], source: string): unknown {
+  if (typeof value !== 'object' || value === null) return value
+  if (depth > MAX_DEPTH) throw new ConfigError([{ path, message: `nested more than ${MAX_DEPTH} levels deep` }], source)
+  if (Array.isArray(value)) return value.map((v, i) => screen(v, `${path}[${i}]`, depth + 1, issues, source))
+  const out: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(value)) {
+    const p = path === '' ? k : `${path}.${k}`
+    if (k === '__proto__') issues.push({ path: p, message: 'reserved name; use another key' })
+    else out[k] = screen(v, p, depth + 1, issues, source)
+  }
+  return out
+}
+
+function compileService (name: string, raw: unknown, issues: ConfigIssue[]): ServiceConfig | undefined {
   const base = `services.${name}`
-  if (typeof raw !== 'object' || raw === null) {
+  if (!isMapping(raw)) {
     issues.push({ path: base, message: 'must be a mapping with origins or deployments' })
     return undefined
   }
@@ -137,7 +169,9 @@ function compileService (name: string, raw: Record<string, unknown>, issues: Con
     issues.push({ path: base, message: hasOrigins ? 'has both "origins" and "deployments"; use one' : 'needs "origins" (primary/secondary) or "deployments"' })
     return undefined
   }
-  const deploymentsRaw = hasOrigins ? { default: svc.origins } : (raw.deployments as Record<string, unknown>)
+  // `deployments` that is not a mapping was reported by the check above.
+  const deploymentsRaw = hasOrigins ? { default: svc.origins } : isMapping(raw.deployments) ? raw.deployments : null
+  if (deploymentsRaw === null) return undefined
   const deployments: Record<string, DeploymentConfig> = {}
   for (const [dep, d] of Object.entries(deploymentsRaw)) {
     const dpath = hasOrigins ? `${base}.origins` : `${base}.deployments.${dep}`
@@ -154,15 +188,17 @@ function compileService (name: string, raw: Record<string, unknown>, issues: Con
     // Without weights the first deployment takes all traffic: a deployment
     // added later gets none until an operator shifts it.
     traffic = Object.fromEntries(names.map((n, i) => [n, i === 0 ? 100 : 0]))
-  } else {
+  } else if (isMapping(svc.traffic)) {
     traffic = { ...svc.traffic }
     for (const k of Object.keys(traffic)) {
       if (!names.includes(k)) issues.push({ path: `${base}.traffic.${k}`, message: `unknown deployment (defined: ${names.join(', ')})` })
     }
-    for (const n of names) traffic[n] ??= 0
+    for (const n of names) if (!Object.hasOwn(traffic, n)) traffic[n] = 0
     if (names.length > 0 && Object.values(traffic).every((w) => w === 0)) issues.push({ path: `${base}.traffic`, message: 'all weights are 0; at least one deployment needs traffic' })
+  } else {
+    return undefined // not a mapping: reported by the check above
   }
-  if (svc.sticky !== undefined && (svc.sticky.header === undefined) === (svc.sticky.cookie === undefined)) {
+  if (isMapping(svc.sticky) && (svc.sticky.header === undefined) === (svc.sticky.cookie === undefined)) {
     issues.push({ path: `${base}.sticky`, message: 'give exactly one of "header" or "cookie"' })
   }
   if (issues.length > before) return undefined
@@ -197,7 +233,11 @@ function checkOrigin (raw: unknown, path: string, issues: ConfigIssue[]): Origin
 }
 
 function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): RouteConfig | undefined {
-  const type = typeof raw === 'object' && raw !== null && 'type' in raw ? raw.type : undefined
+  if (!isMapping(raw)) {
+    issues.push({ path, message: `must be a mapping with type "proxy" or "aggregate" (got ${show(raw)})` })
+    return undefined
+  }
+  const type = raw.type
   if (type === 'proxy') return check(ProxyRouteSchema, raw, path, issues) as RouteConfig | undefined
   if (type === 'aggregate') {
     const route = check(AggregateRouteSchema, raw, path, issues) as RouteConfig | undefined
@@ -207,6 +247,10 @@ function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): Route
     for (const [key, s] of Object.entries(route.sections)) {
       for (const m of s.path.matchAll(/\{([^}]*)\}/g)) {
         if (!params.has(m[1]!)) issues.push({ path: `${path}.sections.${key}.path`, message: `placeholder {${m[1]}} is not a parameter of ${route.path}` })
+      }
+      // The gateway refuses to send a "." or ".." segment (aggregate/plan.ts).
+      if (s.path.replace(/\{[^}]*\}/g, 'x').split(/[?#]/)[0]!.split('/').some((seg) => seg === '.' || seg === '..')) {
+        issues.push({ path: `${path}.sections.${key}.path`, message: 'must not have a "." or ".." segment' })
       }
     }
     return { ...route, forwardHeaders: route.forwardHeaders.map((h) => h.toLowerCase()) }
@@ -221,26 +265,74 @@ function normaliseTemplate (path: string): string {
 
 /** Applies defaults and validates one value against a schema; pushes issues; returns the defaulted value or undefined. */
 function check (schema: TSchema, raw: unknown, base: string, issues: ConfigIssue[]): unknown {
-  const value = Value.Default(schema, structuredClone(raw))
+  const before = issues.length
   const seen = new Set<string>()
-  let ok = true
+  const value = Value.Default(schema, shapeGuard(schema, structuredClone(raw), base, issues, seen))
   for (const e of Value.Errors(schema, value)) {
-    const path = joinPath(base, e.path)
-    // One message per path: a failed union or a missing key yields several.
-    if (seen.has(path)) continue
-    seen.add(path)
-    ok = false
-    issues.push({ path, message: describe(e) })
+    const message = describe(e)
+    for (const pointer of e.type === ValueErrorType.ObjectAdditionalProperties ? badNames(e, value) : [e.path]) {
+      const path = joinPath(base, pointer, value)
+      // One message per path: a failed union or a missing key yields several.
+      if (seen.has(path)) continue
+      seen.add(path)
+      issues.push({ path, message })
+    }
   }
-  return ok ? value : undefined
+  return issues.length === before ? value : undefined
 }
 
-function joinPath (base: string, pointer: string): string {
+/** TypeBox stops at the first name outside a map's pattern (services, sections…): every one of them. */
+function badNames (e: ValueError, root: unknown): string[] {
+  const pattern = (e.schema as { patternProperties?: Record<string, unknown> }).patternProperties
+  if (pattern === undefined) return [e.path]
+  const parent = e.path.slice(0, e.path.lastIndexOf('/'))
+  let node = root
+  for (const part of parent.split('/').slice(1)) node = (node as Record<string, unknown>)[part.replace(/~1/g, '/').replace(/~0/g, '~')]
+  const re = new RegExp(Object.keys(pattern)[0]!)
+  return Object.keys(node as object).filter((k) => !re.test(k)).map((k) => `${parent}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`)
+}
+
+/**
+ * Reports a list where a mapping belongs and a mapping where a list
+ * belongs, before defaults are applied: TypeBox merges a value into its
+ * default with Object.assign, which would turn `healthCheck: []` into `{}`
+ * and `methods: {}` into the default list, silently. The offending value
+ * becomes null so nothing below it is reported again.
+ */
+function shapeGuard (schema: TSchema, value: unknown, path: string, issues: ConfigIssue[], seen: Set<string>): unknown {
+  if (typeof value !== 'object' || value === null) return value
+  const s = schema as { type?: unknown, properties?: Record<string, TSchema>, patternProperties?: Record<string, TSchema>, items?: TSchema }
+  const key = (k: string): string => path === '' ? k : `${path}.${k}`
+  if (s.type === 'object') {
+    if (Array.isArray(value)) return mismatch(`must be a mapping (got ${show(value)})`)
+    const o = value as Record<string, unknown>
+    for (const [k, ps] of Object.entries(s.properties ?? {})) {
+      if (Object.hasOwn(o, k)) o[k] = shapeGuard(ps, o[k], key(k), issues, seen)
+    }
+    const values = Object.values(s.patternProperties ?? {})[0]
+    if (values !== undefined) for (const k of Object.keys(o)) o[k] = shapeGuard(values, o[k], key(k), issues, seen)
+  } else if (s.type === 'array') {
+    if (!Array.isArray(value)) return mismatch(`must be a list (got ${show(value)})`)
+    if (s.items !== undefined) for (let i = 0; i < value.length; i++) value[i] = shapeGuard(s.items, value[i], `${path}[${i}]`, issues, seen)
+  }
+  return value
+
+  function mismatch (message: string): null {
+    issues.push({ path, message })
+    seen.add(path)
+    return null
+  }
+}
+
+/** A JSON pointer under `base`, as `a.b[0].c`: `[i]` only where the value is a list. */
+function joinPath (base: string, pointer: string, root: unknown): string {
   let out = base
+  let node = root
   for (const part of pointer.split('/').slice(1)) {
     const key = part.replace(/~1/g, '/').replace(/~0/g, '~')
-    if (/^\d+$/.test(key)) out += `[${key}]`
+    if (Array.isArray(node)) out += `[${key}]`
     else out += out === '' ? key : `.${key}`
+    node = isMapping(node) || Array.isArray(node) ? (Object.hasOwn(node, key) ? (node as Record<string, unknown>)[key] : undefined) : undefined
   }
   return out
 }
@@ -249,6 +341,7 @@ function describe (e: ValueError): string {
   const s = e.schema as Record<string, unknown>
   switch (e.type) {
     case ValueErrorType.ObjectAdditionalProperties: {
+      if (s.patternProperties !== undefined) return `not a valid name (must match ${Object.keys(s.patternProperties as object)[0]})`
       const allowed = Object.keys((s.properties ?? {}) as object)
       const key = e.path.split('/').pop() ?? ''
       const near = allowed.find((a) => editDistance(a.toLowerCase(), key.toLowerCase()) <= 2)
@@ -266,7 +359,10 @@ function describe (e: ValueError): string {
     case ValueErrorType.String: return `must be a string (got ${show(e.value)})`
     case ValueErrorType.StringMinLength: return 'must not be empty'
     case ValueErrorType.StringFormat: return s.format === 'uri' ? `must be a URL, e.g. http://127.0.0.1:4566 (got ${show(e.value)})` : `must be a ${String(s.format)} (got ${show(e.value)})`
-    case ValueErrorType.StringPattern: return s.pattern === '^/' || s.pattern === '^(/.*)?$' ? `must start with "/" (got ${show(e.value)})` : `must match ${String(s.pattern)} (got ${show(e.value)})`
+    case ValueErrorType.StringPattern:
+      if (s.pattern !== '^/' && s.pattern !== '^(/.*)?$') return `must match ${String(s.pattern)} (got ${show(e.value)})`
+      // `.` stops at a line break: "/a\nb" starts with "/" and still fails.
+      return typeof e.value === 'string' && e.value.startsWith('/') ? `must not contain a line break (got ${show(e.value)})` : `must start with "/" (got ${show(e.value)})`
     case ValueErrorType.Boolean: return `must be true or false (got ${show(e.value)})`
     case ValueErrorType.Object: return `must be a mapping (got ${show(e.value)})`
     case ValueErrorType.Array: return `must be a list (got ${show(e.value)})`

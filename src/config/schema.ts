@@ -3,7 +3,9 @@
  *
  * TypeBox gives both the JSON schema the loader validates against and the
  * static types the rest of the gateway reads. Every object is closed
- * (`additionalProperties: false`) so a typo is an error at its own path.
+ * (`additionalProperties: false`) so a typo is an error at its own path;
+ * so are the maps of names (services, deployments, sections): without it a
+ * name outside the pattern is not an error but a key TypeBox never checks.
  * Unions (an origin is a URL or a Lattice reference; a route is a proxy or
  * an aggregate) are validated by the loader branch by branch, so their
  * errors name the branch the user meant.
@@ -108,7 +110,7 @@ export const ServiceSchema = closed({
   /** Requests waiting for one of those sockets, per origin, before 503 GW_OVERLOADED (hardening). */
   maxQueued: Type.Integer({ minimum: 0, default: 256 }),
   origins: Type.Optional(DeploymentSchema),
-  deployments: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), DeploymentSchema)),
+  deployments: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), DeploymentSchema, { additionalProperties: false })),
   traffic: Type.Optional(Type.Record(Type.String(), Type.Integer({ minimum: 0 }))),
   sticky: Type.Optional(closed({
     header: Type.Optional(Type.String({ minLength: 1 })),
@@ -138,14 +140,14 @@ export const AggregateRouteSchema = closed({
   forwardHeaders: Type.Array(Type.String({ minLength: 1 }), { default: ['authorization', 'accept-language'] }),
   /** A section answer larger than this is a failed section. */
   maxSectionBytes: Type.Integer({ minimum: 1, default: 1048576 }),
-  sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema)
+  sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false })
 })
 
 export const TopSchema = closed({
   server: ServerSchema,
   admin: AdminSchema,
   lattice: LatticeSchema,
-  services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {} }),
+  services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {}, additionalProperties: false }),
   routes: Type.Array(Type.Unknown(), { default: [] })
 })
 
