@@ -25,6 +25,7 @@ import type { Readable } from 'node:stream'
 import { GatewayError, classifyUpstreamError } from '../errors.js'
 import type { UpstreamResponse } from '../upstream/origin-group.js'
 import type { UpstreamBody } from '../upstream/upstream-body.js'
+import { Cancellation } from '../upstream/cancel.js'
 import { fillTemplate, type AggregatePlan, type SectionOutcome, type SectionPlan } from './plan.js'
 import { isJsonText } from './json-check.js'
 
@@ -97,7 +98,7 @@ class Fanout {
   readonly #headers: Record<string, string | string[]>
   readonly #resolve: (r: FanoutResult) => void
   readonly #results: Array<SectionResult | undefined>
-  readonly #ac = new AbortController()
+  readonly #ac = new Cancellation()
   /** Section calls still running (answered or not, the deadline covers them all). */
   #running: number
   /** Sections the answer still waits for. */
@@ -125,7 +126,7 @@ class Fanout {
     }
   }
 
-  get signal (): AbortSignal { return this.#ac.signal }
+  get signal (): Cancellation { return this.#ac }
   get clientHeaders (): IncomingHttpHeaders { return this.#clientHeaders }
   get headers (): Record<string, string | string[]> { return this.#headers }
   get maxBytes (): number { return this.#plan.maxSectionBytes }
