@@ -30,6 +30,7 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
   const rewrite = (route.rewritePrefix ?? prefix).replace(/\/+$/, '')
   const retryMethods = service.policy.methods
   const label = route.prefix
+  const maxResponse = route.maxResponseBytes
 
   // Leave bodies on the socket: this scope's only parser hands nothing over.
   fastify.removeAllContentTypeParsers()
@@ -65,7 +66,7 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
     const out = endToEnd(res.headers)
     out['x-request-id'] = request.id
     reply.hijack()
-    relay(request, reply, res, out, service.name)
+    relay(request, reply, res, out, service.name, maxResponse)
     return reply
   }
 
@@ -74,10 +75,12 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
 }
 
 /** Streams an upstream answer to the client with backpressure. */
-function relay (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse, headers: Record<string, string | string[]>, service: string): void {
+function relay (request: FastifyRequest, reply: FastifyReply, res: UpstreamResponse, headers: Record<string, string | string[]>, service: string, maxBytes: number): void {
   const raw = reply.raw
   const body = res.body
   let started = false
+  let bytes = 0
+  const tooLarge = (): Error => new GatewayError('GW_UPSTREAM_FAILED', `service ${service} answered with more than the route's maxResponseBytes (${maxBytes})`)
   const start = (): void => {
     started = true
     raw.writeHead(res.statusCode, headers)
@@ -85,8 +88,31 @@ function relay (request: FastifyRequest, reply: FastifyReply, res: UpstreamRespo
   raw.on('drain', () => body.resume())
   // The client went away: stop reading the upstream (its socket is released).
   raw.on('close', () => body.destroy())
+  const fail = (err: Error): void => {
+    if (started) {
+      // Part of the answer is out: cutting the connection is the only
+      // honest way to tell the client it is incomplete.
+      raw.destroy()
+      return
+    }
+    const e = upstreamFailure(err, service)
+    request.log.error({ err, code: e.code }, e.message)
+    const json = JSON.stringify(e.toJSON())
+    raw.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(json), 'x-request-id': request.id })
+    raw.end(json)
+  }
+  if (maxBytes > 0 && Number(res.headers['content-length'] ?? 0) > maxBytes) {
+    body.destroy()
+    fail(tooLarge())
+    return
+  }
   body.consume({
     data (chunk) {
+      if (maxBytes > 0 && (bytes += chunk.length) > maxBytes) {
+        body.destroy()
+        fail(tooLarge())
+        return false
+      }
       if (!started) start()
       return raw.write(chunk)
     },
@@ -94,19 +120,7 @@ function relay (request: FastifyRequest, reply: FastifyReply, res: UpstreamRespo
       if (!started) start()
       raw.end()
     },
-    error (err) {
-      if (started) {
-        // Part of the answer is out: cutting the connection is the only
-        // honest way to tell the client it is incomplete.
-        raw.destroy()
-        return
-      }
-      const e = upstreamFailure(err, service)
-      request.log.error({ err, code: e.code }, e.message)
-      const json = JSON.stringify(e.toJSON())
-      raw.writeHead(e.statusCode, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(json), 'x-request-id': request.id })
-      raw.end(json)
-    }
+    error: fail
   })
 }
 

@@ -256,7 +256,7 @@ function serviceModel (s: Obj): Obj {
 }
 
 function routeModel (r: Obj): Obj {
-  if (r.type === 'proxy') return structuredClone(r)
+  if (r.type === 'proxy') return withDefaults(sch(ProxyRouteSchema), r)
   const out = withDefaults(sch(AggregateRouteSchema), r)
   out.sections = Object.fromEntries(Object.entries(r.sections as Record<string, Obj>).map(([k, x]) => [k, withDefaults(sch(SectionSchema), x)]))
   out.forwardHeaders = (out.forwardHeaders as string[]).map((h) => h.toLowerCase())

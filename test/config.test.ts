@@ -214,7 +214,7 @@ t.test('a JSON file loads, with substitution', async (t) => {
   const config = loadConfigFile(f, { TOKEN: 'tok' })
   t.equal(config.server.port, 8282)
   t.equal(config.admin.token, 'tok')
-  t.strictSame(config.routes, [{ type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' }])
+  t.strictSame(config.routes, [{ type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products', maxResponseBytes: 0 }])
 })
 
 t.test('a YAML file with errors reports them all, with paths', async (t) => {

@@ -122,7 +122,9 @@ export const ProxyRouteSchema = closed({
   type: Type.Literal('proxy'),
   prefix: Type.String({ pattern: '^/' }),
   service: Type.String({ minLength: 1 }),
-  rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$' }))
+  rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$' })),
+  /** An upstream answer larger than this is refused (502) or cut; 0: no limit (answers stream, memory stays bounded). */
+  maxResponseBytes: Type.Integer({ minimum: 0, default: 0 })
 })
 
 export const SectionSchema = closed({
