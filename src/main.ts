@@ -105,8 +105,11 @@ async function run (config: GatewayConfig, demo: DemoUpstream[]): Promise<number
     let stopping = false
     const stop = (signal: string): void => {
       if (stopping) {
-        log.warn({ signal }, 'second signal: exiting without waiting')
-        resolve(1)
+        // `npm start` under a terminal delivers Ctrl-C twice (to npm, which
+        // forwards it, and to the gateway): a repeat cuts the wait short
+        // but is still a normal stop.
+        log.warn({ signal }, 'signal repeated: closing the remaining connections now')
+        gw.app.server.closeAllConnections()
         return
       }
       stopping = true
