@@ -25,7 +25,7 @@
 import { request } from 'undici'
 import {
   fmt, loadTable, parseBenchArgs, pinning, startGateway, startHelper, startUpstream, runMatrix,
-  goalLine, type ChildHandle, type CommonArgs, type MeasuredRow, type Target
+  goalLine, logBytesPerRequest, type ChildHandle, type CommonArgs, type MeasuredRow, type Target
 } from './lib.js'
 
 const BASELINE = 'fastify+undici fan-out'
@@ -84,23 +84,11 @@ async function oneLatency (latencyMs: number, light: number, common: CommonArgs)
     // One request each first: a broken target must fail loudly, not show up as a fast row of errors.
     for (const t of targets) await expectAggregate(t.name, t.url)
 
-    let logBytes = 0
-    let loggedRequests = 0
-    const withLog = (t: Target): Target => t.name !== GATEWAY
-      ? t
-      : {
-          ...t,
-          before: () => gw.truncateLog(),
-          after: (s) => {
-            logBytes += gw.logBytes()
-            loggedRequests += s.requests
-            gw.truncateLog()
-          }
-        }
-    const rows = await runMatrix(targets.map(withLog), common, { label: `aggregate ${latencyMs} ms` })
+    const log = logBytesPerRequest(gw, GATEWAY)
+    const rows = await runMatrix(targets.map(log.wrap), common, { label: `aggregate ${latencyMs} ms` })
     const notes = [
       pinning.note,
-      `${GATEWAY}: compiled dist/, info logging to a file (${fmt(loggedRequests > 0 ? logBytes / loggedRequests : Number.NaN, 0)} log bytes per request), request ids, section metrics, 1500 ms route deadline, 1 MiB section limit with JSON validation, primary + secondary origins per service with health checks every 1 s`,
+      `${GATEWAY}: compiled dist/, info logging to a file (${fmt(log.perRequest(), 0)} log bytes per request), request ids, section metrics, 1500 ms route deadline, 1 MiB section limit with JSON validation, primary + secondary origins per service with health checks every 1 s`,
       `${BASELINE}: Fastify 5, logger off, undici's global agent, body.json() and JSON.stringify of the merged object, nothing else`,
       'each answer merges three 1 KB JSON sections'
     ]

@@ -797,3 +797,27 @@ export function goalLine (rows: MeasuredRow[], baseline: string, gateway: string
   const met = x >= minRatio && (!p99NoWorse || g.p99 <= b.p99)
   return `goal (≥ ${minRatio.toFixed(2)}× ${baseline} req/s${p99NoWorse ? ', p99 ≤ its p99' : ''}): ${x.toFixed(2)}× req/s, p99 ${fmt(g.p99)} vs ${fmt(b.p99)} ms — ${met ? 'met' : 'not met'}`
 }
+
+/**
+ * Counts the gateway's log bytes per measured request: `wrap` gives the
+ * gateway's target hooks that empty its log before a round and add up
+ * what it wrote after; other targets pass through untouched.
+ */
+export function logBytesPerRequest (gw: GatewayProcess, gatewayName: string): { wrap: (t: Target) => Target, perRequest: () => number } {
+  let bytes = 0
+  let requests = 0
+  return {
+    wrap: (t) => t.name !== gatewayName
+      ? t
+      : {
+          ...t,
+          before: () => gw.truncateLog(),
+          after: (s) => {
+            bytes += gw.logBytes()
+            requests += s.requests
+            gw.truncateLog()
+          }
+        },
+    perRequest: () => requests > 0 ? bytes / requests : Number.NaN
+  }
+}

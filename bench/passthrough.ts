@@ -18,7 +18,7 @@
 import { request } from 'undici'
 import {
   fmt, loadTable, parseBenchArgs, pinning, startGateway, startHelper, startUpstream, runMatrix,
-  goalLine, type ChildHandle, type CommonArgs, type MeasuredRow, type Target
+  goalLine, logBytesPerRequest, type ChildHandle, type CommonArgs, type MeasuredRow, type Target
 } from './lib.js'
 
 const BASELINE = 'fastify+http-proxy'
@@ -56,25 +56,14 @@ async function oneLatency (latencyMs: number, common: CommonArgs): Promise<void>
     // One request each first: a misrouted target must fail loudly, not show up as a fast row of 404s.
     for (const t of targets) await expectDocument(t.name, t.url)
 
-    let logBytes = 0
-    let loggedRequests = 0
-    const rows = await runMatrix(targets.map((t): Target => t.name !== GATEWAY
-      ? t
-      : {
-          ...t,
-          before: () => gw.truncateLog(),
-          after: (s) => {
-            logBytes += gw.logBytes()
-            loggedRequests += s.requests
-            gw.truncateLog()
-          }
-        }), common, { label: `passthrough ${latencyMs} ms` })
+    const log = logBytesPerRequest(gw, GATEWAY)
+    const rows = await runMatrix(targets.map(log.wrap), common, { label: `passthrough ${latencyMs} ms` })
 
     loadTable(`passthrough — 1 KB JSON, upstream answers after ${latencyMs} ms, ${common.connections} connections, ${common.duration} s × ${common.reps}`, rows, {
       baseline: BASELINE,
       notes: [
         pinning.note,
-        `${GATEWAY}: compiled dist/, info logging to a file (${fmt(loggedRequests > 0 ? logBytes / loggedRequests : Number.NaN, 0)} log bytes per request), request ids, metrics, primary + secondary origins with health checks every 1 s`,
+        `${GATEWAY}: compiled dist/, info logging to a file (${fmt(log.perRequest(), 0)} log bytes per request), request ids, metrics, primary + secondary origins with health checks every 1 s`,
         `${BASELINE}: Fastify 5 + @fastify/http-proxy, logger off, nothing else`,
         ...(latencyMs === 0 ? [goalLine(rows, BASELINE, GATEWAY, 1.3, true)] : [])
       ]

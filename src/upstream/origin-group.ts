@@ -136,7 +136,7 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
     } catch (err) {
       if (second === null || req.signal?.aborted === true || isOwnError(err)) throw err
       const kind = classifyUpstreamError(err)
-      // Nothing reached the origin: any method may go to the other one, as
+      // Nothing reached the origin, so every method may go to the other one, as
       // long as no byte of a streamed body was pulled for the first.
       const neverSent = kind === 'connect' && (req.body === null || !req.body.started)
       if (!neverSent && !replayable) throw err
