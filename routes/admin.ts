@@ -10,16 +10,20 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { GatewayError } from '../src/errors.js'
 import type { Registry } from '../src/upstream/registry.js'
 import type { Service } from '../src/upstream/service.js'
+import type { AdminChange } from '../src/cluster.js'
 
 export interface AdminRouteOptions {
   registry: Registry
   token: string
+  /** Cluster workers: awaited after a change applied here, so every worker has it before the answer. */
+  afterChange?: ((change: AdminChange) => Promise<void>) | undefined
 }
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
 export default async function adminRoutes (fastify: FastifyInstance, opts: AdminRouteOptions): Promise<void> {
   const { registry } = opts
+  const afterChange = opts.afterChange ?? null
   const expected = opts.token === '' ? null : digest(opts.token)
 
   fastify.addHook('onRequest', async (request) => {
@@ -45,7 +49,8 @@ export default async function adminRoutes (fastify: FastifyInstance, opts: Admin
 
   fastify.put<{ Params: { name: string }, Body: unknown }>('/admin/services/:name/traffic', { config: { label: '/admin/services/:name/traffic' } }, async (request) => {
     const service = serviceOf(request)
-    service.setTraffic(request.body, request.ip)
+    const weights = service.setTraffic(request.body, request.ip)
+    if (afterChange !== null) await afterChange({ kind: 'traffic', service: service.name, weights: { ...weights }, by: request.ip })
     return registry.snapshot(service.name)
   })
 
@@ -54,6 +59,8 @@ export default async function adminRoutes (fastify: FastifyInstance, opts: Admin
     const group = service.groups.get(request.params.dep)
     if (group === undefined) throw new GatewayError('GW_NOT_FOUND', `service ${service.name} has no deployment "${request.params.dep}"`)
     const moved = group.failback()
+    // Every worker holds its own active origin: the other workers fail back even when this one was already there.
+    if (afterChange !== null) await afterChange({ kind: 'failback', service: service.name, deployment: group.deployment })
     return { failedBack: moved, service: registry.snapshot(service.name) }
   })
 }

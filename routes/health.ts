@@ -14,10 +14,13 @@ export interface HealthRouteOptions {
   metrics: Metrics
   /** `ok` once both listeners accept connections, `stopping` during a drain. */
   phase: () => ListenerPhase
+  /** Cluster workers: the text of every worker's metrics (src/cluster.ts). */
+  metricsText?: (() => Promise<string>) | undefined
 }
 
 export default async function healthRoutes (fastify: FastifyInstance, opts: HealthRouteOptions): Promise<void> {
   const { registry, metrics, phase } = opts
+  const text = opts.metricsText ?? (() => metrics.registry.metrics())
   fastify.get('/healthz', { config: { label: '/healthz' } }, async (_request, reply) => {
     const p = phase()
     if (p !== 'ok') return reply.code(503).send({ status: p })
@@ -30,6 +33,6 @@ export default async function healthRoutes (fastify: FastifyInstance, opts: Heal
   })
   fastify.get('/metrics', { config: { label: '/metrics' } }, async (_request, reply) => {
     reply.type(metrics.registry.contentType)
-    return metrics.registry.metrics()
+    return text()
   })
 }

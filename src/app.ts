@@ -20,6 +20,7 @@ import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
+import type { AdminChange } from './cluster.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -40,6 +41,12 @@ export interface BuildOptions extends RegistryOptions {
   logger?: Logger
   /** VPC Lattice client options (e.g. credentials); default: the AWS SDK's chains. */
   lattice?: LatticeOptions
+  // --- multi-core (src/cluster.ts): set in cluster workers only ---
+  /** Awaited after an admin call changed state here: applies the change in every other worker. */
+  adminChange?: (change: AdminChange) => Promise<void>
+  /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
+  metricsText?: () => Promise<string>
+  // --- end multi-core ---
 }
 
 /** Secrets never written to logs, wherever they appear. */
@@ -51,12 +58,14 @@ export const REDACT = [
   'err.data', 'err.rawPacket'
 ]
 
-export function createLogger (level: string): Logger {
+export function createLogger (level: string, minLength = 8192): Logger {
   // Buffered writes: a line per request must not cost a write(2) each.
   // Lines wait at most 250 ms for 8 KiB to gather; what is left is written
   // when the process exits. Synchronous writes of whole buffers cost less
   // CPU than the thread-pool round trip of asynchronous ones.
-  const dest = pino.destination({ dest: 1, sync: true, minLength: 8192 })
+  // (Cluster workers share stdout and gather less: one write stays within
+  // PIPE_BUF, so lines of different workers never interleave.)
+  const dest = pino.destination({ dest: 1, sync: true, minLength })
   setInterval(() => { dest.flush() }, 250).unref()
   process.once('exit', () => { try { dest.flushSync() } catch {} })
   return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'lattice-gateway' } }, dest)
@@ -105,8 +114,8 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
-  await admin.register(healthRoutes, { registry, metrics, phase: () => phase })
-  await admin.register(adminRoutes, { registry, token: config.admin.token })
+  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
+  await admin.register(adminRoutes, { registry, token: config.admin.token, afterChange: opts.adminChange })
 
   await app.ready()
   await admin.ready()

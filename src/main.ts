@@ -11,11 +11,13 @@
  * requests finish (up to `server.shutdownGraceMs`), close pools, exit 0.
  */
 import { parseArgs } from 'node:util'
+import { availableParallelism } from 'node:os'
 import { loadConfigFile, ConfigError } from './config/load.js'
 import type { GatewayConfig } from './config/schema.js'
 import { buildGateway, type Gateway } from './app.js'
 import { demoBanner, demoConfig } from './demo/config.js'
 import { startDemoUpstreams, type DemoUpstream } from './demo/upstreams.js'
+import type { WorkerRole } from './cluster.js'
 
 const USAGE = `usage:
   lattice-gateway [--config FILE]     run (no config: the demo)
@@ -61,6 +63,14 @@ async function main (argv: string[]): Promise<number> {
   } catch (err) {
     return reportConfigError(err)
   }
+  // --- multi-core (src/cluster.ts): only when server.workers > 1 ---
+  const workers = config.server.workers === 'auto' ? availableParallelism() : config.server.workers
+  if (workers > 1) {
+    const cluster = await import('./cluster.js')
+    if (cluster.isPrimary()) return cluster.runPrimary(config, workers)
+    return run(config, [], cluster.workerRole(config))
+  }
+  // --- end multi-core ---
   if (values.config === undefined) {
     try {
       demo = await startDemoUpstreams()
@@ -80,12 +90,16 @@ function reportConfigError (err: unknown): number {
   throw err
 }
 
-async function run (config: GatewayConfig, demo: DemoUpstream[]): Promise<number> {
-  const gw: Gateway = await buildGateway(config)
+/** Runs the gateway in this process; `role` when it is one worker of a cluster (src/cluster.ts). */
+async function run (config: GatewayConfig, demo: DemoUpstream[], role: WorkerRole | null = null): Promise<number> {
+  const gw: Gateway = await buildGateway(config, role?.build)
   const log = gw.logger
   const closeDemo = async (): Promise<void> => { await Promise.all(demo.map((u) => u.close())) }
   try {
-    await gw.admin.listen({ host: config.admin.host, port: config.admin.port, listenTextResolver: (a) => `admin listening on ${a}` })
+    await role?.prepare(gw)
+    // In a cluster one worker holds the admin listener, on a socket of its
+    // own (`exclusive`), not one shared through the primary like the public port.
+    if (role === null || role.admin) await gw.admin.listen({ host: config.admin.host, port: config.admin.port, exclusive: role !== null, listenTextResolver: (a) => `admin listening on ${a}` })
     await gw.app.listen({ host: config.server.host, port: config.server.port, listenTextResolver: (a) => `gateway listening on ${a}` })
   } catch (err) {
     log.fatal({ err }, 'cannot listen')
@@ -95,6 +109,7 @@ async function run (config: GatewayConfig, demo: DemoUpstream[]): Promise<number
   }
   gw.markListening()
   gw.start()
+  role?.listening()
   if (demo.length > 0) {
     const addr = gw.app.server.address()
     const port = typeof addr === 'object' && addr !== null ? addr.port : config.server.port
@@ -139,6 +154,8 @@ async function run (config: GatewayConfig, demo: DemoUpstream[]): Promise<number
     }
     process.on('SIGTERM', () => stop('SIGTERM'))
     process.on('SIGINT', () => stop('SIGINT'))
+    // A cluster's primary asks once; a worker already draining (Ctrl-C reaches the whole process group) goes on.
+    role?.onStop((reason) => { if (!stopping) stop(reason) })
   })
 }
 

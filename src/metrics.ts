@@ -24,14 +24,17 @@ export class Metrics {
 
   constructor () {
     const registers = [this.registry]
+    // `aggregator`: how a cluster's workers add up (src/cluster.ts): healthy
+    // only if every worker sees it healthy; weights and their changes are
+    // applied in every worker, so one worker's value is the cluster's.
     client.collectDefaultMetrics({ register: this.registry })
     this.#requests = new client.Counter({ name: 'gateway_requests_total', help: 'Client requests by route, method and status', labelNames: ['route', 'method', 'status'], registers })
     this.#duration = new client.Histogram({ name: 'gateway_request_duration_seconds', help: 'Client request duration', labelNames: ['route'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers })
     this.upstream = new client.Counter({ name: 'gateway_upstream_requests_total', help: 'Upstream attempts by origin and outcome', labelNames: ['service', 'deployment', 'origin', 'outcome'], registers })
     this.failovers = new client.Counter({ name: 'gateway_failovers_total', help: 'Retries to the other origin, stateful switches and failbacks', labelNames: ['service', 'deployment', 'kind'], registers })
-    this.originHealthy = new client.Gauge({ name: 'gateway_origin_healthy', help: '1 when the origin is healthy', labelNames: ['service', 'deployment', 'origin'], registers })
-    this.trafficWeight = new client.Gauge({ name: 'gateway_traffic_weight', help: 'Current traffic weight of a deployment', labelNames: ['service', 'deployment'], registers })
-    this.trafficChanges = new client.Counter({ name: 'gateway_traffic_changes_total', help: 'Traffic weight changes made through the admin API, per deployment whose weight changed', labelNames: ['service', 'deployment'], registers })
+    this.originHealthy = new client.Gauge({ name: 'gateway_origin_healthy', help: '1 when the origin is healthy', labelNames: ['service', 'deployment', 'origin'], registers, aggregator: 'min' })
+    this.trafficWeight = new client.Gauge({ name: 'gateway_traffic_weight', help: 'Current traffic weight of a deployment', labelNames: ['service', 'deployment'], registers, aggregator: 'max' })
+    this.trafficChanges = new client.Counter({ name: 'gateway_traffic_changes_total', help: 'Traffic weight changes made through the admin API, per deployment whose weight changed', labelNames: ['service', 'deployment'], registers, aggregator: 'max' })
   }
 
   /** Records one finished client request. */

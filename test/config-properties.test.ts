@@ -95,7 +95,7 @@ const text1 = fc.string({ unit: 'grapheme', minLength: 1, maxLength: 10 })
 
 function leafArb (s: S): fc.Arbitrary<unknown> {
   if (s.const !== undefined) return fc.constant(s.const)
-  if (s.anyOf !== undefined) return fc.constantFrom(...s.anyOf.map((o) => o.const))
+  if (s.anyOf !== undefined) return s.anyOf.every((o) => o.const !== undefined) ? fc.constantFrom(...s.anyOf.map((o) => o.const)) : fc.oneof(...s.anyOf.map(leafArb))
   switch (s.type) {
     case 'integer': {
       const min = s.minimum ?? 0
@@ -387,7 +387,10 @@ const WRONG: Json[] = [null, true, false, 0, 7, -1, 1.5, '', 'text', '7', [], [1
 
 /** Values of another type than the schema wants (a value of the right type but a bad value is another fault). */
 function wrongValuesFor (p: S): Json[] {
-  const enumValues = p.anyOf?.map((o) => o.const) ?? (p.const !== undefined ? [p.const] : undefined)
+  // A union of literals and (server.workers) an integer with a minimum: anything no branch takes.
+  const fits = (o: S, v: Json): boolean => o.const !== undefined ? o.const === v : o.type === 'integer' && Number.isInteger(v) && (v as number) >= (o.minimum ?? -Infinity)
+  if (p.anyOf !== undefined) return WRONG.filter((v) => !p.anyOf!.some((o) => fits(o, v)))
+  const enumValues = p.const !== undefined ? [p.const] : undefined
   if (enumValues !== undefined) return WRONG.filter((v) => !enumValues.includes(v))
   switch (p.type) {
     case 'integer': return WRONG.filter((v) => !Number.isInteger(v))

@@ -369,8 +369,11 @@ function describe (e: ValueError): string {
     case ValueErrorType.ArrayUniqueItems: return 'must not repeat items'
     case ValueErrorType.Literal: return `must be ${show(s.const)} (got ${show(e.value)})`
     case ValueErrorType.Union: {
-      const options = ((s.anyOf ?? []) as Array<{ const?: unknown }>).map((o) => o.const).filter((c) => c !== undefined)
-      return options.length > 0 ? `must be one of ${options.map(show).join(', ')} (got ${show(e.value)})` : e.message
+      // Literals by value; an integer branch (`server.workers`: 4 or "auto") by its bound.
+      const options = ((s.anyOf ?? []) as Array<{ const?: unknown, type?: unknown, minimum?: unknown }>)
+        .map((o) => o.const !== undefined ? show(o.const) : o.type === 'integer' ? `an integer${o.minimum === undefined ? '' : ` >= ${String(o.minimum)}`}` : undefined)
+        .filter((c) => c !== undefined)
+      return options.length > 0 ? `must be one of ${options.join(', ')} (got ${show(e.value)})` : e.message
     }
     default: return e.message
   }

@@ -47,6 +47,8 @@ export const ServerSchema = closed({
   /** `Retry-After` (seconds) on every 503 GW_OVERLOADED. */
   retryAfterSeconds: Type.Integer({ minimum: 0, default: 1 }),
   // --- end hardening ---
+  /** Worker processes sharing the public port (node:cluster); `auto`: one per core. 1: no cluster at all. */
+  workers: Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('auto')], { default: 1 }),
   logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })
 }, { default: {} })
 

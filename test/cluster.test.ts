@@ -1,0 +1,205 @@
+/**
+ * Multi-core (`server.workers: 2`): the real CLI as a child process, a
+ * blue/green service whose deployments are test upstreams. Admin changes
+ * made through the one admin listener reach every worker before the answer;
+ * a worker killed from outside is restarted and takes the current weights;
+ * /metrics covers the workers; SIGTERM drains all and exits 0.
+ *
+ * Every request opens its own connection, so the cluster spreads them over
+ * both workers; the access log's `pid` says which worker served each.
+ * A worker that cannot start stops the whole gateway with its exit code.
+ */
+import t from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { get } from 'node:http'
+import { createServer, type AddressInfo } from 'node:net'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { request } from 'undici'
+import { startUpstream, json } from './helpers/upstream.js'
+
+const root = fileURLToPath(new URL('..', import.meta.url))
+// tap's process-info hook (NODE_OPTIONS) is left out: the child is observed from outside.
+const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
+const TOKEN = 'cluster-test-token'
+
+/** Resolves when `check` returns a value other than undefined; rejects after `ms`. */
+async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 15000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const v = await check()
+    if (v !== undefined) return v
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+/** One GET on a connection of its own (no keep-alive agent). */
+function getOnce (url: string): Promise<{ status: number, body: string }> {
+  return new Promise((resolve, reject) => {
+    get(url, { agent: false }, (res) => {
+      let body = ''
+      res.setEncoding('utf8').on('data', (d: string) => { body += d }).on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+    }).on('error', reject)
+  })
+}
+
+/** `n` requests, `width` at a time; the names of the deployments that answered. */
+async function names (url: string, n: number, width = 8): Promise<string[]> {
+  const out: string[] = []
+  for (let i = 0; i < n; i += width) {
+    const batch = await Promise.all(Array.from({ length: Math.min(width, n - i) }, (_, j) => getOnce(`${url}/app/${i + j}`)))
+    for (const r of batch) out.push(r.status === 200 ? (JSON.parse(r.body) as { name: string }).name : `status ${r.status}`)
+  }
+  return out
+}
+
+t.test('workers: 2 — admin changes reach every worker, a killed worker comes back with them, SIGTERM exits 0', async (t) => {
+  const blue = await startUpstream('blue', (_req, res) => json(res, 200, { name: 'blue' }))
+  const green = await startUpstream('green', (_req, res) => json(res, 200, { name: 'green' }))
+  t.teardown(async () => { await blue.close(); await green.close() })
+
+  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-cluster-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const config = join(dir, 'gateway.yaml')
+  writeFileSync(config, `
+server:
+  host: 127.0.0.1
+  port: 0
+  workers: 2
+  shutdownGraceMs: 5000
+admin:
+  host: 127.0.0.1
+  port: 0
+  token: ${TOKEN}
+services:
+  app:
+    healthCheck: { intervalMs: 50, unhealthyThreshold: 1, healthyThreshold: 1 }
+    deployments:
+      blue: { primary: ${blue.url} }
+      green: { primary: ${green.url} }
+    traffic: { blue: 100, green: 0 }
+routes:
+  - type: proxy
+    prefix: /app
+    service: app
+`)
+
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--config', config], { cwd: root, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  t.teardown(() => {
+    // The primary's children go with it: end the workers first, by the pids they logged.
+    for (const l of lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  const lines: Array<Record<string, unknown>> = []
+  let stderr = ''
+  let partial = ''
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    const parts = (partial + d).split('\n')
+    partial = parts.pop()!
+    for (const p of parts) if (p.trim() !== '') lines.push(JSON.parse(p) as Record<string, unknown>)
+  })
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+  const logged = (re: RegExp): string | undefined => {
+    for (const l of lines) {
+      const m = re.exec(String(l.msg))
+      if (m !== null) return m[1] ?? m[0]
+    }
+    return undefined
+  }
+  const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr}`) }
+  /** Worker id -> pid, from the primary's "worker N listening" lines. */
+  const workerPids = (): Map<number, number> => new Map(lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => [l.worker as number, l.workerPid as number]))
+  /** Access-log lines of proxied requests, by the pid of the worker that served them. */
+  const servedBy = (): Map<number, number> => {
+    const m = new Map<number, number>()
+    for (const l of lines) if (l.msg === 'request' && typeof l.url === 'string' && l.url.startsWith('/app/')) m.set(l.pid as number, (m.get(l.pid as number) ?? 0) + 1)
+    return m
+  }
+
+  // Workers flush their log lines a little later than the primary writes its own.
+  await until('both workers to listen', () => { alive(); return workerPids().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined })
+  const gateway = logged(/^gateway listening on (http:\/\/\S+)/)!
+  const admin = logged(/^admin listening on (http:\/\/\S+)/)!
+  t.equal(lines.filter((l) => /^admin listening on/.test(String(l.msg))).length, 1, 'one worker holds the admin listener')
+  await until('/healthz to answer 200', async () => {
+    try {
+      const res = await request(`${admin}/healthz`)
+      await res.body.dump()
+      return res.statusCode === 200 ? true : undefined
+    } catch {
+      return undefined
+    }
+  })
+
+  const setTraffic = async (weights: Record<string, number>): Promise<unknown> => {
+    const res = await request(`${admin}/admin/services/app/traffic`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(weights) })
+    t.equal(res.statusCode, 200, `PUT traffic ${JSON.stringify(weights)}`)
+    return ((await res.body.json()) as { traffic: unknown }).traffic
+  }
+
+  t.same(await names(gateway, 16), Array(16).fill('blue'), 'before any change: all blue')
+  t.same(await setTraffic({ green: 100 }), { blue: 0, green: 100 }, 'the admin API answers with the new weights')
+  t.same(await names(gateway, 40), Array(40).fill('green'), 'right after the answer every worker sends to green')
+  const pids = await until('access-log lines of two workers', () => servedBy().size >= 2 ? [...servedBy().keys()] : undefined, 5000)
+  t.ok(pids.every((p) => [...workerPids().values()].includes(p)) && new Set(pids).size === 2, `requests were served by two worker processes (${pids.join(', ')})`)
+
+  // A worker killed from outside: the primary restarts it, and it takes the current weights (green) before it listens.
+  const [, victimPid] = [...workerPids()].find(([id]) => id !== 1)!
+  process.kill(victimPid, 'SIGKILL')
+  await until('the replacement worker to listen', () => { alive(); return workerPids().size === 3 ? true : undefined })
+  t.match(logged(/^(worker \d+ exited unexpectedly: restarted as worker \d+)$/), /restarted as worker 3/, 'the restart is logged')
+  t.same(await names(gateway, 24), Array(24).fill('green'), 'the restarted worker sends to green too')
+
+  t.same(await setTraffic({ blue: 100 }), { blue: 100, green: 0 }, 'rolled back')
+  t.same(await names(gateway, 40), Array(40).fill('blue'), 'after the rollback every worker sends to blue')
+
+  // /metrics: the live workers' requests, summed (the killed worker's counts went with it).
+  const live = [...workerPids()].filter(([, pid]) => pid !== victimPid).map(([, pid]) => pid)
+  const counted = await until('/metrics to count the live workers\' requests', async () => {
+    const res = await request(`${admin}/metrics`)
+    const text = await res.body.text()
+    const m = /^gateway_requests_total\{route="\/app",method="GET",status="200"\} (\d+)$/m.exec(text)
+    const fromLogs = live.reduce((sum, pid) => sum + (servedBy().get(pid) ?? 0), 0)
+    return m !== null && Number(m[1]) === fromLogs && /gateway_traffic_weight\{service="app",deployment="blue"\} 100$/m.test(text) ? fromLogs : undefined
+  }, 5000)
+  t.ok(counted > (servedBy().get(live[0]!) ?? 0) && counted > (servedBy().get(live[1]!) ?? 0), `/metrics counts both workers (${counted} requests)`)
+
+  child.kill('SIGTERM')
+  const [code, signal] = await exited
+  t.equal(code, 0, `exit code 0 (stderr: ${stderr.slice(0, 500)})`)
+  t.equal(signal, null)
+  t.ok(lines.filter((l) => l.msg === 'stopped').length >= 3, 'both workers and the primary logged "stopped"')
+})
+
+t.test('workers: 2 and the public port taken: the gateway stops with exit code 2', async (t) => {
+  const taken = createServer()
+  await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => taken.close())
+  const port = (taken.address() as AddressInfo).port
+  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-cluster-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const config = join(dir, 'gateway.yaml')
+  writeFileSync(config, `
+server: { host: 127.0.0.1, port: ${port}, workers: 2 }
+admin: { host: 127.0.0.1, port: 0 }
+services:
+  app:
+    origins: { primary: http://127.0.0.1:1 }
+routes:
+  - { type: proxy, prefix: /app, service: app }
+`)
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--config', config], { cwd: root, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
+  let out = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d })
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { out += d })
+  const [code] = await (once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>)
+  t.equal(code, 2, 'exit code 2, as without workers')
+  t.match(out, /exited before listening: stopping the gateway/, 'the primary says why')
+  t.notMatch(out, /EPIPE|Unhandled/, 'no crash of the primary on the way out')
+})
