@@ -9,17 +9,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { root, childEnv } from './helpers/cli.js'
 
-const root = fileURLToPath(new URL('..', import.meta.url))
 const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-cli-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
 
 interface Run { code: number | null, stdout: string, stderr: string }
-
-// tap's process-info hook (NODE_OPTIONS) would follow the child and record
-// its coverage, which costs seconds per process; the CLI is tested from outside.
-const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
 
 /** Runs the CLI from source, as `npx lattice-gateway ...` would; kills it after `timeoutMs`. */
 function cli (args: string[], timeoutMs = 20000): Promise<Run> {

@@ -10,32 +10,19 @@
  * A worker that cannot start stops the whole gateway with its exit code.
  */
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { get } from 'node:http'
 import { createServer, type AddressInfo } from 'node:net'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
+import { root, childEnv, until, spawnGateway } from './helpers/cli.js'
 
-const root = fileURLToPath(new URL('..', import.meta.url))
-// tap's process-info hook (NODE_OPTIONS) is left out: the child is observed from outside.
-const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
 const TOKEN = 'cluster-test-token'
 
-/** Resolves when `check` returns a value other than undefined; rejects after `ms`. */
-async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 15000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const v = await check()
-    if (v !== undefined) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
 
 /** One GET on a connection of its own (no keep-alive agent). */
 function getOnce (url: string): Promise<{ status: number, body: string }> {
@@ -88,30 +75,13 @@ routes:
     service: app
 `)
 
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--config', config], { cwd: root, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  const { child, exited, lines, stderr, logged } = spawnGateway(config)
   t.teardown(() => {
     // The primary's children go with it: end the workers first, by the pids they logged.
     for (const l of lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   })
-  const lines: Array<Record<string, unknown>> = []
-  let stderr = ''
-  let partial = ''
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    const parts = (partial + d).split('\n')
-    partial = parts.pop()!
-    for (const p of parts) if (p.trim() !== '') lines.push(JSON.parse(p) as Record<string, unknown>)
-  })
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
-  const logged = (re: RegExp): string | undefined => {
-    for (const l of lines) {
-      const m = re.exec(String(l.msg))
-      if (m !== null) return m[1] ?? m[0]
-    }
-    return undefined
-  }
-  const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr}`) }
+  const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`) }
   /** Worker id -> pid, from the primary's "worker N listening" lines. */
   const workerPids = (): Map<number, number> => new Map(lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => [l.worker as number, l.workerPid as number]))
   /** Access-log lines of proxied requests, by the pid of the worker that served them. */
@@ -171,7 +141,7 @@ routes:
 
   child.kill('SIGTERM')
   const [code, signal] = await exited
-  t.equal(code, 0, `exit code 0 (stderr: ${stderr.slice(0, 500)})`)
+  t.equal(code, 0, `exit code 0 (stderr: ${stderr().slice(0, 500)})`)
   t.equal(signal, null)
   t.ok(lines.filter((l) => l.msg === 'stopped').length >= 3, 'both workers and the primary logged "stopped"')
 })

@@ -8,31 +8,16 @@
  * requests provably still in flight.
  */
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { ServerResponse } from 'node:http'
 import { Agent, request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
+import { until, spawnGateway } from './helpers/cli.js'
 
-const root = fileURLToPath(new URL('..', import.meta.url))
-// tap's process-info hook (NODE_OPTIONS) is left out: the child is observed from outside.
-const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
 
-/** Resolves when `check` returns a value other than undefined; rejects after `ms`. */
-async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 15000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const v = await check()
-    if (v !== undefined) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
 
 /** True when a TCP connection to host:port is refused. */
 function refused (url: string): Promise<boolean> {
@@ -72,28 +57,11 @@ routes:
     service: slow
 `)
 
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--config', config], { cwd: root, env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] })
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  const { child, exited, lines, stderr, logged } = spawnGateway(config)
   t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
-  const lines: Array<Record<string, unknown>> = []
-  let stderr = ''
-  let partial = ''
-  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-    const parts = (partial + d).split('\n')
-    partial = parts.pop()!
-    for (const p of parts) if (p.trim() !== '') lines.push(JSON.parse(p) as Record<string, unknown>)
-  })
-  child.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d })
-  const logged = (re: RegExp): string | undefined => {
-    for (const l of lines) {
-      const m = re.exec(String(l.msg))
-      if (m !== null) return m[1] ?? m[0]
-    }
-    return undefined
-  }
 
   const gateway = await until('the gateway to listen', () => {
-    if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr}`)
+    if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`)
     return logged(/^gateway listening on (http:\/\/\S+)/)
   })
   const admin = await until('the admin listener', () => logged(/^admin listening on (http:\/\/\S+)/))
@@ -133,5 +101,5 @@ routes:
   t.equal(code, 0, 'exit 0')
   t.ok(logged(/^stopped$/) !== undefined, 'logs that it stopped')
   t.equal(logged(/grace period over/), undefined, 'the drain ended with the requests, not with the grace period (the client kept its connections alive)')
-  t.equal(stderr, '')
+  t.equal(stderr(), '')
 })

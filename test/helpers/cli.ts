@@ -1,0 +1,63 @@
+/**
+ * The real `lattice-gateway` command as a child process, for tests that
+ * watch it from outside (exit codes, signals, clusters): its stdout is
+ * parsed as pino JSON lines as they arrive.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { fileURLToPath } from 'node:url'
+
+/** The repository root (the child runs from there). */
+export const root = fileURLToPath(new URL('../..', import.meta.url))
+
+/** The test's environment without tap's process-info hook (NODE_OPTIONS): the child is observed from outside. */
+export const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
+
+/** Resolves when `check` returns a value other than undefined; rejects after `ms`. */
+export async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 15000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const v = await check()
+    if (v !== undefined) return v
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+}
+
+export interface GatewayChild {
+  child: ChildProcess
+  exited: Promise<[number | null, NodeJS.Signals | null]>
+  /** Every log line so far, parsed. */
+  lines: Array<Record<string, unknown>>
+  stderr(): string
+  /** The first capture group (or the whole match) of the first log message matching `re`. */
+  logged(re: RegExp): string | undefined
+}
+
+/** Runs `src/main.ts --config file` (through tsx) and collects its log. */
+export function spawnGateway (configFile: string, env: NodeJS.ProcessEnv = childEnv): GatewayChild {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--config', configFile], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
+  const lines: Array<Record<string, unknown>> = []
+  let stderr = ''
+  let partial = ''
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    const parts = (partial + d).split('\n')
+    partial = parts.pop()!
+    for (const p of parts) if (p.trim() !== '') lines.push(JSON.parse(p) as Record<string, unknown>)
+  })
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
+  return {
+    child,
+    exited,
+    lines,
+    stderr: () => stderr,
+    logged (re) {
+      for (const l of lines) {
+        const m = re.exec(String(l.msg))
+        if (m !== null) return m[1] ?? m[0]
+      }
+      return undefined
+    }
+  }
+}
