@@ -14,12 +14,9 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { get } from 'node:http'
 import { createServer, type AddressInfo } from 'node:net'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { root, childEnv, until, spawnGateway } from './helpers/cli.js'
+import { root, childEnv, until, spawnGateway, writeConfig } from './helpers/cli.js'
 
 const TOKEN = 'cluster-test-token'
 
@@ -49,10 +46,7 @@ t.test('workers: 2 — admin changes reach every worker, a killed worker comes b
   const green = await startUpstream('green', (_req, res) => json(res, 200, { name: 'green' }))
   t.teardown(async () => { await blue.close(); await green.close() })
 
-  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-cluster-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const config = join(dir, 'gateway.yaml')
-  writeFileSync(config, `
+  const config = writeConfig(t, `
 server:
   host: 127.0.0.1
   port: 0
@@ -151,10 +145,7 @@ t.test('workers: 2 and the public port taken: the gateway stops with exit code 2
   await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve))
   t.teardown(() => taken.close())
   const port = (taken.address() as AddressInfo).port
-  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-cluster-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const config = join(dir, 'gateway.yaml')
-  writeFileSync(config, `
+  const config = writeConfig(t, `
 server: { host: 127.0.0.1, port: ${port}, workers: 2 }
 admin: { host: 127.0.0.1, port: 0 }
 services:

@@ -3,8 +3,8 @@
 // smuggled request, and the gateway keeps serving.
 import t from 'tap'
 import { request } from 'undici'
-import { startGateway, fastService } from './helpers/gateway.js'
-import { startUpstream } from './helpers/upstream.js'
+import { startGateway, fastService, type TestGateway } from './helpers/gateway.js'
+import { startUpstream, type TestUpstream } from './helpers/upstream.js'
 import { rawRequest } from './helpers/raw-http.js'
 
 const SMUGGLED = 'GET /api/products/smuggled HTTP/1.1\r\nHost: x\r\n\r\n'
@@ -37,13 +37,19 @@ const MALFORMED: Record<string, string> = {
   'bare LF after a chunk extension': `${POST}Transfer-Encoding: chunked\r\n\r\n3;x\nabc\r\n0\r\n\r\n${SMUGGLED}`
 }
 
-t.test('malformed requests: 400 GW_BAD_REQUEST, connection closed, nothing smuggled', async (t) => {
+/** A gateway with one proxy route to a real `product` upstream (no health checks). */
+async function productGateway (t: { teardown(fn: () => Promise<void>): void }): Promise<{ up: TestUpstream, g: TestGateway }> {
   const up = await startUpstream('product')
   const g = await startGateway({
     services: { product: fastService({ primary: up.url }) },
     routes: [{ type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' }]
   }, { start: false })
   t.teardown(async () => { await g.close(); await up.close() })
+  return { up, g }
+}
+
+t.test('malformed requests: 400 GW_BAD_REQUEST, connection closed, nothing smuggled', async (t) => {
+  const { up, g } = await productGateway(t)
 
   for (const [name, data] of Object.entries(MALFORMED)) {
     const r = await rawRequest(g.url, Buffer.from(data, 'latin1'), { timeoutMs: 3000 })
@@ -64,12 +70,7 @@ t.test('malformed requests: 400 GW_BAD_REQUEST, connection closed, nothing smugg
 })
 
 t.test('bytes after a closing request are dropped, the request itself is answered', async (t) => {
-  const up = await startUpstream('product')
-  const g = await startGateway({
-    services: { product: fastService({ primary: up.url }) },
-    routes: [{ type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' }]
-  }, { start: false })
-  t.teardown(async () => { await g.close(); await up.close() })
+  const { up, g } = await productGateway(t)
 
   const closing = await rawRequest(g.url, `GET /api/products/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n${SMUGGLED}`)
   t.equal(closing.status, 200, 'Connection: close + more bytes: the first request gets its answer')

@@ -8,14 +8,11 @@
  * requests provably still in flight.
  */
 import t from 'tap'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import type { ServerResponse } from 'node:http'
 import { Agent, request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { until, spawnGateway } from './helpers/cli.js'
+import { until, spawnGateway, writeConfig } from './helpers/cli.js'
 
 
 
@@ -35,10 +32,7 @@ t.test('SIGTERM with requests in flight: they finish with 200, new connections a
   const release = (): void => { for (const res of held.splice(0)) json(res, 200, { done: true }) }
   t.teardown(async () => { release(); await up.close() })
 
-  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-shutdown-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const config = join(dir, 'gateway.yaml')
-  writeFileSync(config, `
+  const config = writeConfig(t, `
 server:
   host: 127.0.0.1
   port: 0

@@ -5,6 +5,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 /** The repository root (the child runs from there). */
@@ -60,4 +63,13 @@ export function spawnGateway (configFile: string, env: NodeJS.ProcessEnv = child
       return undefined
     }
   }
+}
+
+/** Writes `text` to a config file in a fresh temporary folder, removed at the test's teardown. */
+export function writeConfig (t: { teardown(fn: () => void): void }, text: string, name = 'gateway.yaml'): string {
+  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-test-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, name)
+  writeFileSync(file, text)
+  return file
 }
