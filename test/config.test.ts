@@ -334,3 +334,9 @@ routes:
   t.equal(bad.length, 1)
   t.equal(bad[0]!.path, 'lattice.endpoint')
 })
+
+t.test('a routes mapping with a length key is a "must be a list" error, not a crash', async (t) => {
+  const err = t.throws(() => validateConfig({ services: [], routes: { length: ':' } })) as unknown
+  t.ok(err instanceof ConfigError, 'a ConfigError')
+  t.same((err as ConfigError).issues.map((i) => i.path).sort(), ['routes', 'services'])
+})

@@ -90,7 +90,11 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // The top level is checked for shape only; its parts are checked below
   // even when it has errors, so one run reports everything.
   check(TopSchema, doc, '', issues)
-  const top = Value.Default(TopSchema, structuredClone(doc)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'] }
+  // Defaults for server/admin/lattice only: services and routes are taken
+  // from `doc` below, and a `routes` mapping with a `length` key would
+  // break TypeBox's array defaulting (it is reported by the check above).
+  const { services: _s, routes: _r, ...rest } = doc
+  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'] }
   // A `services` or `routes` of the wrong shape is reported by the check
   // above; nothing below reports again on its account.
   const servicesRaw = doc.services === undefined ? {} : isMapping(doc.services) ? doc.services : null
