@@ -64,8 +64,9 @@ export default fp<OverloadOptions>(async function overload (fastify: FastifyInst
         return
       }
       inFlight++
-      // 'close' comes once per response, finished or cut short.
-      ;(reply.raw as ServerResponse).once('close', release)
+      // 'close' comes once per response, finished or cut short (a plain
+      // listener: once() would wrap it in a new function per request).
+      ;(reply.raw as ServerResponse).on('close', release)
       done()
     })
   }

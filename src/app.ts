@@ -9,7 +9,9 @@ import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } 
 import pino, { type Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
 import { Registry, type RegistryOptions } from './upstream/registry.js'
-import { LatticeResolver, usesLattice, type LatticeOptions } from './lattice/resolver.js'
+import type { LatticeOptions } from './lattice/resolver.js'
+import { usesLattice } from './lattice/uses.js'
+import { lazyChildLogger } from './child-logger.js'
 import { Metrics } from './metrics.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
@@ -74,7 +76,10 @@ export function createLogger (level: string, minLength = 8192): Logger {
 export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
   const logger = opts.logger ?? createLogger(config.server.logLevel)
   // VPC Lattice (src/lattice): resolves `lattice:` origins, signs `auth: iam` ones.
-  const lattice = usesLattice(config) ? new LatticeResolver(config.lattice, logger, opts.lattice) : null
+  // Loaded only when used: the AWS SDK is the largest module the gateway has.
+  const lattice = usesLattice(config)
+    ? new (await import('./lattice/resolver.js')).LatticeResolver(config.lattice, logger, opts.lattice)
+    : null
   const registry = new Registry(config, { ...opts, decorate: opts.decorate ?? lattice?.decorate })
   const metrics = new Metrics()
   metrics.bind(registry)
@@ -87,6 +92,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     rewriteUrl: door.rewriteUrl,
     clientErrorHandler: door.clientErrorHandler,
     loggerInstance: logger as FastifyBaseLogger,
+    childLoggerFactory: lazyChildLogger,
     // One access-log line per request is written by plugins/request-log.ts.
     logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,

@@ -202,6 +202,14 @@ t.test('/healthz, /readyz and /metrics', async (t) => {
   t.match(m.text, /^gateway_request_duration_seconds_count\{route="\/api\/products"\} 1$/m)
   t.match(m.text, /^gateway_origin_healthy\{service="review",deployment="green",origin="primary"\} 1$/m)
   t.match(m.text, /^gateway_failovers_total\{service="product",deployment="default",kind="(retry|switch|failback)"\} 0$/m)
+
+  // Counters on the request path are counted locally and handed to the
+  // registry on each scrape: a second scrape adds to the first, never resets.
+  for (let i = 0; i < 2; i++) await (await request(`${g.url}/api/products/${i}`)).body.dump()
+  const again = await call(`${g.adminUrl}/metrics`)
+  t.match(again.text, /^gateway_requests_total\{route="\/api\/products",method="GET",status="200"\} 3$/m, 'counted across scrapes')
+  t.match(again.text, /^gateway_upstream_requests_total\{service="product",deployment="default",origin="primary",outcome="ok"\} 3$/m)
+  t.match(again.text, /^gateway_request_duration_seconds_count\{route="\/api\/products"\} 3$/m)
 })
 
 t.test('/healthz answers 503 until both listeners accept connections', async (t) => {

@@ -65,16 +65,6 @@ const SERVICE_ID = /^svc-[0-9a-z]{17}$/
 const HOST_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/
 const NO_REGION = 'no AWS region for VPC Lattice: set lattice.region in the config, or AWS_REGION in the environment'
 
-/** True when some origin of the config is a Lattice reference. */
-export function usesLattice (config: GatewayConfig): boolean {
-  for (const svc of Object.values(config.services)) {
-    for (const d of Object.values(svc.deployments)) {
-      if (typeof d.primary !== 'string' || (d.secondary !== undefined && typeof d.secondary !== 'string')) return true
-    }
-  }
-  return false
-}
-
 /** `protocol://domain[:port]`, the port left out when it is the protocol's default. */
 export function latticeUrl (domain: string, lattice: LatticeOrigin): string {
   const protocol = lattice.protocol
