@@ -119,6 +119,8 @@ export interface Pinning {
   serverCpu: string
   /** CPU list for the load generator (this process). */
   loadCpu: string
+  /** Every CPU this run may use (to unpin). */
+  allCpus: string
   /** One line for a table's notes. */
   note: string
 }
@@ -149,29 +151,33 @@ function detectPinning (): Pinning {
   const cpus = allowedCpus()
   if (!taskset || cpus.length < 2) {
     const why = !taskset ? 'taskset not found' : `only ${cpus.length || availableParallelism()} CPU allowed`
-    return { enabled: false, serverCpu: '', loadCpu: '', note: `no CPU pinning (${why}): servers and load generator share every core` }
+    return { enabled: false, serverCpu: '', loadCpu: '', allCpus: '', note: `no CPU pinning (${why}): servers and load generator share every core` }
   }
   const serverCpu = String(cpus[0])
   const loadCpu = String(cpus[1])
-  return { enabled: true, serverCpu, loadCpu, note: `servers pinned to CPU ${serverCpu}, load generator (autocannon) to CPU ${loadCpu} (taskset)` }
+  return { enabled: true, serverCpu, loadCpu, allCpus: cpus.join(','), note: `servers pinned to CPU ${serverCpu}, load generator (autocannon) to CPU ${loadCpu} (taskset)` }
 }
 
 /** How this run pins processes; decided once. */
 export const pinning: Pinning = detectPinning()
 
-/** Moves every thread of this process (the load generator) to the load CPU. No-op without pinning. */
-export function pinSelfToLoadCpu (): void {
+/**
+ * Moves every thread of this process (the load generator) to the load CPU,
+ * or with `cpus` to those (e.g. every allowed CPU, to unpin it). No-op
+ * without pinning.
+ */
+export function pinSelfToLoadCpu (cpus = pinning.loadCpu): void {
   if (!pinning.enabled) return
   try {
-    execFileSync('taskset', ['-a', '-p', '-c', pinning.loadCpu, String(process.pid)], { stdio: 'ignore' })
+    execFileSync('taskset', ['-a', '-p', '-c', cpus, String(process.pid)], { stdio: 'ignore' })
   } catch (err) {
     process.stderr.write(`warning: could not pin the load generator: ${err instanceof Error ? err.message : String(err)}\n`)
   }
 }
 
-/** The command line for a server process: `taskset -c <serverCpu> node ...` when pinning. */
-function serverCommand (nodeArgs: string[]): [string, string[]] {
-  return pinning.enabled
+/** The command line for a server process: `taskset -c <serverCpu> node ...` when pinning (and `pin`). */
+function serverCommand (nodeArgs: string[], pin = true): [string, string[]] {
+  return pinning.enabled && pin
     ? ['taskset', ['-c', pinning.serverCpu, process.execPath, ...nodeArgs]]
     : [process.execPath, nodeArgs]
 }
@@ -332,10 +338,10 @@ export interface Helper extends ChildHandle {
  * server CPU. The script must listen on 127.0.0.1:0, print
  * `{"port":N}` as its first stdout line, and exit when stdin closes.
  */
-export async function startHelper (script: string, args: string[] = [], opts: { name?: string, nodeArgs?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number } = {}): Promise<Helper> {
+export async function startHelper (script: string, args: string[] = [], opts: { name?: string, nodeArgs?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number, pin?: boolean } = {}): Promise<Helper> {
   const file = join(DIST, 'bench', `${script}.js`)
   if (!existsSync(file)) throw new Error(`${file} is missing: run \`npm run build\` (bench/run.ts does it when needed)`)
-  const [cmd, argv] = serverCommand([...(opts.nodeArgs ?? []), file, ...args])
+  const [cmd, argv] = serverCommand([...(opts.nodeArgs ?? []), file, ...args], opts.pin)
   const proc = spawn(cmd, argv, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
   const h = track(opts.name ?? script, proc)
   const tail = keepTail(proc)
@@ -360,6 +366,8 @@ export interface UpstreamOptions {
   bytes?: number
   /** Status of every answer (default 200). */
   status?: number
+  /** Pin to the server CPU (default true). */
+  pin?: boolean
 }
 
 export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean }
@@ -375,7 +383,7 @@ export interface Upstream extends Helper {
 export async function startUpstream (opts: UpstreamOptions = {}): Promise<Upstream> {
   const name = opts.name ?? 'upstream'
   const args = ['--name', name, '--latency', String(opts.latencyMs ?? 0), '--bytes', String(opts.bytes ?? 1024), '--status', String(opts.status ?? 200)]
-  const h = await startHelper('upstream-server', args, { name })
+  const h = await startHelper('upstream-server', args, { name, pin: opts.pin })
   const call = async (method: 'GET' | 'PUT', body?: string): Promise<UpstreamState> => {
     const res = await request(`${h.url}/__bench`, { method, body, headers: { 'content-type': 'application/json' } })
     return await res.body.json() as UpstreamState
@@ -405,6 +413,8 @@ export interface GatewayOptions {
   /** Extra node flags, e.g. ['--cpu-prof', '--cpu-prof-dir=/tmp/prof']. */
   nodeArgs?: string[]
   env?: NodeJS.ProcessEnv
+  /** Pin to the server CPU like every other server (default true); false lets it use every core. */
+  pin?: boolean
   /** Wait for /readyz 200 (every service has a healthy origin). Default true. */
   waitReady?: boolean
   timeoutMs?: number
@@ -434,7 +444,7 @@ export async function startGateway (config: Record<string, unknown>, opts: Gatew
   const watchdog = join(DIST, 'bench', 'parent-watch.js')
   const preload = existsSync(watchdog) ? ['--import', watchdog] : []
   const logFd = openSync(logFile, 'a')
-  const [cmd, argv] = serverCommand([...preload, ...(opts.nodeArgs ?? []), main, '--config', configFile])
+  const [cmd, argv] = serverCommand([...preload, ...(opts.nodeArgs ?? []), main, '--config', configFile], opts.pin)
   const proc = spawn(cmd, argv, { cwd: ROOT, stdio: ['pipe', logFd, 'pipe'], env: { ...process.env, ...opts.env } })
   closeSync(logFd)
   const h = track('gateway', proc)
