@@ -1,7 +1,8 @@
 /**
  * Whether a config has VPC Lattice origins. Kept apart from the resolver so
- * that a gateway without Lattice origins never loads the AWS SDK (about
- * 18 MB of resident memory and 100 ms of start-up).
+ * that a gateway without Lattice origins never loads the AWS SDK (measured:
+ * about 5 MB of a running gateway's resident memory and 55-60 ms of its
+ * start-up).
  */
 import type { GatewayConfig } from '../config/schema.js'
 
