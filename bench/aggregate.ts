@@ -23,6 +23,7 @@
  * one upstream's delay, not three (sections run in parallel).
  */
 import { request } from 'undici'
+import { PRODUCT_DETAILS_ROUTE } from '../src/demo/config.js'
 import {
   fmt, loadTable, parseBenchArgs, pinning, startGateway, startHelper, startUpstream, runMatrix,
   goalLine, logBytesPerRequest, type ChildHandle, type CommonArgs, type MeasuredRow, type Target
@@ -63,17 +64,7 @@ async function oneLatency (latencyMs: number, light: number, common: CommonArgs)
     const gw = await startGateway({
       server: { logLevel: 'info' },
       services,
-      routes: [{
-        type: 'aggregate',
-        method: 'GET',
-        path: '/products/:id/details',
-        timeoutMs: 1500,
-        sections: {
-          product: { service: 'product', path: '/products/{id}', required: true },
-          reviews: { service: 'review', path: '/reviews?productId={id}' },
-          inventory: { service: 'inventory', path: '/inventory/{id}' }
-        }
-      }]
+      routes: [PRODUCT_DETAILS_ROUTE]
     })
     started.push(gw)
 

@@ -23,6 +23,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import { request } from 'undici'
+import { PRODUCT_DETAILS_ROUTE } from '../src/demo/config.js'
 import {
   fmt, load, parseBenchArgs, pinning, printTable, readRss, startGateway, startUpstream,
   type ChildHandle, type LoadResult
@@ -73,15 +74,7 @@ export async function run (args: string[]): Promise<void> {
       routes: [
         { type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' },
         { type: 'proxy', prefix: '/api/reviews', service: 'review', rewritePrefix: '/reviews' },
-        {
-          type: 'aggregate',
-          path: '/products/:id/details',
-          sections: {
-            product: { service: 'product', path: '/products/{id}', required: true },
-            reviews: { service: 'review', path: '/reviews?productId={id}' },
-            inventory: { service: 'inventory', path: '/inventory/{id}' }
-          }
-        }
+        PRODUCT_DETAILS_ROUTE
       ]
     })
     started.push(gw)

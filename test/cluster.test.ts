@@ -16,7 +16,7 @@ import { get } from 'node:http'
 import { createServer, type AddressInfo } from 'node:net'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { root, childEnv, until, spawnGateway, writeConfig } from './helpers/cli.js'
+import { root, childEnv, until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
 
 const TOKEN = 'cluster-test-token'
 
@@ -90,15 +90,7 @@ routes:
   const gateway = logged(/^gateway listening on (http:\/\/\S+)/)!
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
   t.equal(lines.filter((l) => /^admin listening on/.test(String(l.msg))).length, 1, 'one worker holds the admin listener')
-  await until('/healthz to answer 200', async () => {
-    try {
-      const res = await request(`${admin}/healthz`)
-      await res.body.dump()
-      return res.statusCode === 200 ? true : undefined
-    } catch {
-      return undefined
-    }
-  })
+  await untilHealthy(admin)
 
   const setTraffic = async (weights: Record<string, number>): Promise<unknown> => {
     const res = await request(`${admin}/admin/services/app/traffic`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(weights) })

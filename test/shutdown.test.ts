@@ -12,7 +12,7 @@ import { connect } from 'node:net'
 import type { ServerResponse } from 'node:http'
 import { Agent, request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { until, spawnGateway, writeConfig } from './helpers/cli.js'
+import { until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
 
 
 
@@ -59,15 +59,7 @@ routes:
     return logged(/^gateway listening on (http:\/\/\S+)/)
   })
   const admin = await until('the admin listener', () => logged(/^admin listening on (http:\/\/\S+)/))
-  await until('/healthz to answer 200', async () => {
-    try {
-      const res = await request(`${admin}/healthz`)
-      await res.body.dump()
-      return res.statusCode === 200 ? true : undefined
-    } catch {
-      return undefined
-    }
-  })
+  await untilHealthy(admin)
 
   const agent = new Agent()
   t.teardown(() => agent.close())

@@ -9,6 +9,19 @@ import type { GatewayConfig } from '../config/schema.js'
 
 export const DEMO_TOKEN = 'demo-token'
 
+/** SPEC §3's aggregate route: product, reviews and inventory in one answer (the benches use it too). */
+export const PRODUCT_DETAILS_ROUTE = {
+  type: 'aggregate',
+  method: 'GET',
+  path: '/products/:id/details',
+  timeoutMs: 1500,
+  sections: {
+    product: { service: 'product', path: '/products/{id}', required: true },
+    reviews: { service: 'review', path: '/reviews?productId={id}' },
+    inventory: { service: 'inventory', path: '/inventory/{id}' }
+  }
+} as const
+
 export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   const healthCheck = { intervalMs: 500, timeoutMs: 300 }
   return validateConfig({
@@ -31,17 +44,7 @@ export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig
       { type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' },
       { type: 'proxy', prefix: '/api/reviews', service: 'review', rewritePrefix: '/reviews' },
       { type: 'proxy', prefix: '/api/inventory', service: 'inventory', rewritePrefix: '/inventory' },
-      {
-        type: 'aggregate',
-        method: 'GET',
-        path: '/products/:id/details',
-        timeoutMs: 1500,
-        sections: {
-          product: { service: 'product', path: '/products/{id}', required: true },
-          reviews: { service: 'review', path: '/reviews?productId={id}' },
-          inventory: { service: 'inventory', path: '/inventory/{id}' }
-        }
-      }
+      PRODUCT_DETAILS_ROUTE
     ]
   }, 'demo config')
 }

@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { request } from 'undici'
 
 /** The repository root (the child runs from there). */
 export const root = fileURLToPath(new URL('../..', import.meta.url))
@@ -25,6 +26,19 @@ export async function until<T> (what: string, check: () => T | undefined | Promi
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
+}
+
+/** Resolves once `${admin}/healthz` answers 200 (connection errors are retried). */
+export async function untilHealthy (admin: string): Promise<void> {
+  await until('/healthz to answer 200', async () => {
+    try {
+      const res = await request(`${admin}/healthz`)
+      await res.body.dump()
+      return res.statusCode === 200 ? true : undefined
+    } catch {
+      return undefined
+    }
+  })
 }
 
 export interface GatewayChild {
