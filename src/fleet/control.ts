@@ -1,0 +1,86 @@
+/**
+ * The control plane's one door for shared state changes (SPEC §10, §11).
+ *
+ * Every weight change — an operator's `PUT .../traffic`, an operator
+ * failback, a rollout step or rollback — goes through a `ControlPlane`.
+ * Two implementations share this contract:
+ *
+ * - the local one (no `fleet` in the config): versions are a counter per
+ *   service in this process, the history is a ring of the last 100 changes,
+ *   and with `server.workers > 1` a change is applied in every worker
+ *   before the promise resolves;
+ * - the fleet one (`fleet.url`): a change is committed to PostgreSQL with
+ *   the next version (compare-and-set), pushed to every replica through
+ *   LISTEN/NOTIFY and applied there; the promise resolves once every live
+ *   replica applied it, or after `fleet.applyTimeoutMs`.
+ *
+ * The request path never calls this: it reads the plain in-memory tables
+ * of `Service`, which a `ControlPlane` replaces atomically.
+ */
+
+/** Who made a change: an operator through the admin API, or a rollout's driver. */
+export type ChangeSource = 'admin' | 'rollout'
+
+/** A complete new weighting for one service (deployments left out get 0). */
+export interface TrafficChange {
+  service: string
+  weights: Readonly<Record<string, number>>
+  source: ChangeSource
+  /** The admin client's address, or `rollout <id>`; logged, never a secret. */
+  by: string
+  /** Why, for the history (`rollout step 2`, `rolled back: error rate 0.31 > 0.01`). */
+  reason?: string
+  /** Expected current version (`If-Match`): otherwise 412 GW_VERSION_CONFLICT, nothing changed. */
+  ifMatch?: number
+}
+
+/** How far a committed change has reached the fleet's live replicas. */
+export interface FleetApply {
+  version: number
+  /** Replica ids that applied it. */
+  applied: string[]
+  /** Live replica ids that had not confirmed it when the call answered. */
+  pending: string[]
+}
+
+export interface ChangeResult {
+  /** The service's version after the change (unchanged when nothing changed). */
+  version: number
+  /** Every deployment's weight after the change. */
+  weights: Readonly<Record<string, number>>
+  /** Present with `fleet`. */
+  fleet?: FleetApply
+}
+
+/** One entry of `GET /admin/services/:name/history`, newest first. */
+export interface HistoryEntry {
+  version: number
+  /** ISO 8601. */
+  at: string
+  source: ChangeSource
+  from: Readonly<Record<string, number>>
+  to: Readonly<Record<string, number>>
+  /** Id of the replica that made the change (for a rollout, its driver). */
+  replica: string
+  reason: string | null
+}
+
+export interface ControlPlane {
+  /** This replica's id (without `fleet`: `<host>:<pid>`). */
+  readonly replicaId: string
+  /** The version of a service's weights as applied in this process. */
+  version(service: string): number
+  /**
+   * Validates (GW_BAD_REQUEST), checks `ifMatch` (GW_VERSION_CONFLICT),
+   * commits and applies a weight change everywhere. Throws
+   * GW_FLEET_UNAVAILABLE, changing nothing, when the store is down.
+   */
+  changeTraffic(change: TrafficChange): Promise<ChangeResult>
+  /** An operator failback of a `manual` deployment, on every replica (each applies it when its own primary is healthy). */
+  failback(service: string, deployment: string, by: string): Promise<{ failedBack: boolean, fleet?: FleetApply }>
+  /** The last 100 changes of a service, newest first. */
+  history(service: string): Promise<HistoryEntry[]>
+  /** Starts syncing (fleet: connects, loads, heartbeats); resolves at once. */
+  start(): void
+  close(): Promise<void>
+}
