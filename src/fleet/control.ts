@@ -80,6 +80,12 @@ export interface ControlPlane {
   failback(service: string, deployment: string, by: string): Promise<{ failedBack: boolean, fleet?: FleetApply }>
   /** The last 100 changes of a service, newest first. */
   history(service: string): Promise<HistoryEntry[]>
+  /**
+   * A check run before any change is committed; it throws a GatewayError to
+   * refuse it (the rollout manager refuses operator weight changes with
+   * GW_CONFLICT while a rollout runs or is paused). One guard; null clears it.
+   */
+  setGuard(guard: ((change: TrafficChange) => void) | null): void
   /** Starts syncing (fleet: connects, loads, heartbeats); resolves at once. */
   start(): void
   close(): Promise<void>
