@@ -268,6 +268,17 @@ function track (name: string, proc: ChildProcess): ChildHandle {
   return handle
 }
 
+/**
+ * Starts a program that is not a bench helper (e.g. nginx as a baseline)
+ * on the server CPU, stopped with every other child when the runner ends.
+ */
+export function startProgram (name: string, cmd: string, args: string[], opts: { cwd?: string } = {}): ChildHandle & { stderrTail: () => string } {
+  const [c, argv] = pinning.enabled ? ['taskset', ['-c', pinning.serverCpu, cmd, ...args]] : [cmd, args]
+  const proc = spawn(c, argv, { cwd: opts.cwd ?? ROOT, stdio: ['ignore', 'ignore', 'pipe'] })
+  const h = track(name, proc)
+  return Object.assign(h, { stderrTail: keepTail(proc) })
+}
+
 /** Stops every child this process started (gracefully, then by force). */
 export async function stopAll (): Promise<void> {
   await Promise.all([...children].map((c) => c.stop()))
