@@ -308,3 +308,32 @@ t.test('a cut answer is logged once with aborted: true and counted', async (t) =
   t.match(metrics, /gateway_requests_total\{route="\/api\/products",method="GET",status="499"\} 1/, 'the 499 is counted')
   t.match(metrics, /gateway_requests_total\{route="\/api\/products",method="GET",status="200"\} 2/, 'the cut 200 is counted with the finished one')
 })
+
+t.test('an origin that takes a streamed upload and never answers is still late: 504, counted against it', async (t) => {
+  // The origin reads nothing and answers nothing; its health checks pass.
+  const sockets = new Set<Socket>()
+  const mute = createServer((req, res) => {
+    if (req.url === '/health') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}')
+      return
+    }
+    req.pause()
+  })
+  mute.on('connection', (s: Socket) => { sockets.add(s); s.on('close', () => sockets.delete(s)) })
+  await new Promise<void>((resolve) => mute.listen(0, '127.0.0.1', () => resolve()))
+  const g = await startGateway({
+    server: { requestBufferBytes: 1024 },
+    services: { product: fastService({ primary: `http://127.0.0.1:${(mute.address() as AddressInfo).port}` }, { timeoutMs: 300, healthCheck: HEALTH }) },
+    routes: [{ type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' }]
+  })
+  t.teardown(async () => {
+    await g.close()
+    for (const s of sockets) s.destroy()
+    await new Promise((resolve) => mute.close(resolve))
+  })
+  const r = await rawRequest(g.url, head('POST', '/api/products/mute', ['Content-Length: 900000']) + 'e'.repeat(900000), { timeoutMs: 15000 })
+  t.equal(r.status, 504, 'the whole body was sent promptly: 504')
+  t.equal(JSON.parse(r.body).code, 'GW_DEADLINE')
+  const metrics = await (await request(`${g.adminUrl}/metrics`)).body.text()
+  t.match(metrics, /gateway_upstream_requests_total\{[^}]*outcome="timeout"[^}]*\} 1/, 'counted as the origin\'s timeout')
+})
