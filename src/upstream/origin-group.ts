@@ -167,7 +167,7 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   }
 }
 
-/** One attempt on one origin, bounded by the service's `timeoutMs` from the request sent (connect, for a bodiless or buffered one) to the answer's last byte. */
+/** One attempt on one origin, bounded by the service's `timeoutMs` of the origin's time, from connect to the answer's last byte. */
 async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean): Promise<UpstreamResponse> {
   const dispatcher = origin.dispatcher
   if (dispatcher === null) {
