@@ -2,7 +2,7 @@
  * Attack scenario: slow clients against the gateway, beside nginx.
  *
  * The same two upstreams (a primary and a secondary, bench upstream
- * processes) are reached through lattice-gateway (a service with both
+ * processes that answer a POST once its body is in) are reached through lattice-gateway (a service with both
  * origins, defaults otherwise) and, when nginx is installed, through
  * nginx as a reverse proxy (`upstream { server primary; server secondary
  * backup; }`, its own nginx.conf written to the run's temp directory,
@@ -109,9 +109,10 @@ function successPct (r: LoadResult): string {
 }
 
 async function upstreams (started: ChildHandle[]): Promise<{ primary: Upstream, secondary: Upstream }> {
-  const primary = await startUpstream({ name: 'primary' })
+  // Like a service that parses what it is sent: a POST is answered once its body is in.
+  const primary = await startUpstream({ name: 'primary', readBody: true })
   started.push(primary)
-  const secondary = await startUpstream({ name: 'secondary' })
+  const secondary = await startUpstream({ name: 'secondary', readBody: true })
   started.push(secondary)
   return { primary, secondary }
 }

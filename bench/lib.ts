@@ -379,6 +379,8 @@ export interface UpstreamOptions {
   status?: number
   /** Pin to the server CPU (default true). */
   pin?: boolean
+  /** Answer a request with a body only once the whole body is in (default false: at once). */
+  readBody?: boolean
 }
 
 export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean }
@@ -394,6 +396,7 @@ export interface Upstream extends Helper {
 export async function startUpstream (opts: UpstreamOptions = {}): Promise<Upstream> {
   const name = opts.name ?? 'upstream'
   const args = ['--name', name, '--latency', String(opts.latencyMs ?? 0), '--bytes', String(opts.bytes ?? 1024), '--status', String(opts.status ?? 200)]
+  if (opts.readBody === true) args.push('--read-body')
   const h = await startHelper('upstream-server', args, { name, pin: opts.pin })
   const call = async (method: 'GET' | 'PUT', body?: string): Promise<UpstreamState> => {
     const res = await request(`${h.url}/__bench`, { method, body, headers: { 'content-type': 'application/json' } })
