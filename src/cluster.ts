@@ -24,7 +24,8 @@ import cluster, { type Worker } from 'node:cluster'
 import client from 'prom-client'
 import type { Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
-import { createLogger, type BuildOptions, type Gateway } from './app.js'
+import type { BuildOptions, Gateway } from './app.js'
+import { createLogger } from './log.js'
 
 /** A state change made through the admin API, to apply in every worker. */
 export type AdminChange =
@@ -83,7 +84,7 @@ export interface WorkerRole {
 export function workerRole (config: GatewayConfig): WorkerRole {
   const send = (m: Up): void => { if (process.connected) process.send!(m) }
   const id = cluster.worker?.id ?? 0
-  const logger = createLogger(config.server.logLevel, 2048).child({ worker: id, pid: process.pid })
+  const logger = createLogger(config.server.logLevel, { shared: true }).child({ worker: id, pid: process.pid })
   // prom-client answers the primary's metrics requests from this registry list.
   void new client.AggregatorRegistry()
   let seq = 0
@@ -158,7 +159,7 @@ function apply (gw: Gateway, change: AdminChange, logger: Logger): void {
 
 /** Runs the primary: forks `workers` workers and supervises them. Resolves with the exit code. */
 export function runPrimary (config: GatewayConfig, workers: number): Promise<number> {
-  const log = createLogger(config.server.logLevel).child({ role: 'primary', pid: process.pid })
+  const log = createLogger(config.server.logLevel, { shared: true }).child({ role: 'primary', pid: process.pid })
   const aggregator = new client.AggregatorRegistry()
   const traffic: Weights = {}
   /** Workers that built their gateway and take changes. */
