@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
-import { Registry, type RegistryOptions } from './upstream/registry.js'
+import { Registry, type AdminChange, type RegistryOptions, type WorkersReport } from './upstream/registry.js'
 import type { LatticeOptions } from './lattice/resolver.js'
 import { usesLattice } from './lattice/uses.js'
 import { lazyChildLogger } from './child-logger.js'
@@ -23,7 +23,6 @@ import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
-import type { AdminChange } from './cluster.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -46,7 +45,7 @@ export interface BuildOptions extends RegistryOptions {
   lattice?: LatticeOptions
   // --- multi-core (src/cluster.ts): set in cluster workers only ---
   /** Awaited after an admin call changed state here: applies the change in every other worker. */
-  adminChange?: (change: AdminChange) => Promise<void>
+  adminChange?: (change: AdminChange) => Promise<WorkersReport | undefined>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
   // --- end multi-core ---
