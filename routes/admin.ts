@@ -8,15 +8,14 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { GatewayError } from '../src/errors.js'
-import type { Registry } from '../src/upstream/registry.js'
+import type { AdminChange, Registry, WorkersReport } from '../src/upstream/registry.js'
 import type { Service } from '../src/upstream/service.js'
-import type { AdminChange } from '../src/cluster.js'
 
 export interface AdminRouteOptions {
   registry: Registry
   token: string
   /** Cluster workers: awaited after a change applied here, so every worker has it before the answer. */
-  afterChange?: ((change: AdminChange) => Promise<void>) | undefined
+  afterChange?: ((change: AdminChange) => Promise<WorkersReport | undefined>) | undefined
 }
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
@@ -60,7 +59,8 @@ export default async function adminRoutes (fastify: FastifyInstance, opts: Admin
     if (group === undefined) throw new GatewayError('GW_NOT_FOUND', `service ${service.name} has no deployment "${request.params.dep}"`)
     const moved = group.failback()
     // Every worker holds its own active origin: the other workers fail back even when this one was already there.
-    if (afterChange !== null) await afterChange({ kind: 'failback', service: service.name, deployment: group.deployment })
-    return { failedBack: moved, service: registry.snapshot(service.name) }
+    // A worker whose own checks still see the primary unhealthy fails back as soon as they see it healthy ("pending").
+    const workers = afterChange === null ? undefined : await afterChange({ kind: 'failback', service: service.name, deployment: group.deployment })
+    return { failedBack: moved, service: registry.snapshot(service.name), ...(workers === undefined ? {} : { workers }) }
   })
 }
