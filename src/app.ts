@@ -19,6 +19,7 @@ import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
 import limits, { frontDoor } from '../plugins/limits.js'
 import overload from '../plugins/overload.js'
+import methods from '../plugins/methods.js'
 import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
@@ -88,11 +89,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await app.register(overload, { server: config.server, metrics })
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
+      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs })
     } else {
       await app.register(aggregateRoute, { route, registry, metrics })
     }
   }
+  // Hostile clients: CONNECT, TRACE and methods no route serves get 405 (plugins/methods.ts).
+  await app.register(methods, { routes: config.routes })
 
   let phase: ListenerPhase = 'starting'
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })

@@ -195,7 +195,7 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   }
 }
 
-/** One attempt on one origin, bounded by the service's `timeoutMs` from connect to last byte. */
+/** One attempt on one origin, bounded by the service's `timeoutMs` from the request sent (connect, for a bodiless or buffered one) to the answer's last byte. */
 async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean): Promise<UpstreamResponse> {
   const dispatcher = origin.dispatcher
   if (dispatcher === null) {
@@ -222,7 +222,18 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (controller !== null) controller.abort(reason)
       else pendingAbort = reason
     }
-    const timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort)
+    // The deadline covers the origin's time only (SPEC §17): with a streamed
+    // body it starts once the body's last byte was handed to the origin's
+    // connection — while the client trickles, the origin is not late.
+    // (undici 7's handler API has no request-sent callback — its
+    // UnwrapHandler drops onRequestSent — but it writes each chunk to the
+    // socket as the stream delivers it, pausing the stream on backpressure,
+    // so the stream's 'end' is that moment.)
+    const payload = req.body === null ? null : req.body.open()
+    let timer: NodeJS.Timeout | null = null
+    const arm = (): void => { if (!finished) timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort) }
+    if (payload !== null && typeof payload !== 'string' && !Buffer.isBuffer(payload)) payload.once('end', arm)
+    else arm()
     const onCallerAbort = (): void => abort(caller?.reason as Error)
     caller?.addEventListener('abort', onCallerAbort, { once: true })
     // Releases the attempt's slot and timer once the origin is done with it.
@@ -230,7 +241,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (finished) return
       finished = true
       origin.inFlight--
-      clearTimeout(timer)
+      if (timer !== null) clearTimeout(timer)
       caller?.removeEventListener('abort', onCallerAbort)
     }
     body.onFinish(done)
@@ -273,7 +284,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
         method: req.method as Dispatcher.HttpMethod,
         path: req.path,
         headers: req.headers,
-        body: req.body === null ? null : req.body.open()
+        body: payload
       }, handler)
     } catch (err) {
       failed(err as Error)
