@@ -24,6 +24,8 @@ import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
+import type { ControlPlane } from './fleet/control.js'
+import { LocalControlPlane } from './fleet/local.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -31,6 +33,8 @@ export interface Gateway {
   registry: Registry
   metrics: Metrics
   logger: Logger
+  /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
+  control: ControlPlane
   /** Called once both listeners accept connections (flips `/healthz`). */
   markListening(): void
   /** Starts health checks (and Lattice resolution). */
@@ -63,6 +67,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
+  const control: ControlPlane = new LocalControlPlane(registry, { broadcast: opts.adminChange })
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -102,7 +107,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
-  await admin.register(adminRoutes, { registry, token: config.admin.token, afterChange: opts.adminChange })
+  await admin.register(adminRoutes, { registry, token: config.admin.token, control })
 
   await app.ready()
   await admin.ready()
@@ -112,15 +117,18 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     registry,
     metrics,
     logger,
+    control,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
       lattice?.start(registry.origins)
+      control.start()
     },
     async close () {
       phase = 'stopping'
       await app.close()
       await admin.close()
+      await control.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()

@@ -49,7 +49,7 @@ type Up =
 
 /** Primary -> worker. */
 type Down =
-  | { lgw: 'state', traffic: Weights, failbacks: Failback[] }
+  | { lgw: 'state', traffic: Weights, versions: Record<string, number>, failbacks: Failback[] }
   | { lgw: 'apply', id: number, change: AdminChange }
   | { lgw: 'done', id: number, workers: WorkersReport }
   | { lgw: 'metrics', id: number, text?: string, error?: string }
@@ -160,9 +160,10 @@ export function workerRole (config: GatewayConfig): WorkerRole {
         send({ lgw: 'failback-done', service: e.service, deployment: e.deployment })
       })
       send({ lgw: 'sync' })
-      const { traffic, failbacks } = await state
+      const { traffic, versions, failbacks } = await state
       for (const [service, weights] of Object.entries(traffic)) {
-        applyTraffic(g, { kind: 'traffic', service, weights, by: 'cluster sync' }, logger)
+        const version = versions[service]
+        applyTraffic(g, version === undefined ? { kind: 'traffic', service, weights, by: 'cluster sync' } : { kind: 'traffic', service, weights, by: 'cluster sync', version }, logger)
       }
       for (const f of failbacks) failback(g, f)
     },
@@ -174,7 +175,9 @@ export function workerRole (config: GatewayConfig): WorkerRole {
 /** Applies a weight change made in another worker; what fails here is logged, never thrown. */
 function applyTraffic (gw: Gateway, change: AdminChange & { kind: 'traffic' }, logger: Logger): void {
   try {
-    gw.registry.get(change.service)?.setTraffic(change.weights, change.by)
+    // With a version (src/fleet/): the worker's control plane takes it too.
+    if (change.version !== undefined && gw.control.adopt !== undefined) gw.control.adopt(change.service, change.weights, change.version, change.by)
+    else gw.registry.get(change.service)?.setTraffic(change.weights, change.by)
   } catch (err) {
     logger.warn({ err, change }, `cluster: admin change not applied in this worker: ${err instanceof Error ? err.message : String(err)}`)
   }
@@ -194,6 +197,7 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
   const log = createLogger(config.server.logLevel, { shared: true }).child({ role: 'primary', pid: process.pid })
   const aggregator = new client.AggregatorRegistry()
   const traffic: Weights = {}
+  const versions: Record<string, number> = {}
   /** Failbacks some worker has still pending, with those workers ("service\0deployment"). */
   const failbacks = new Map<string, Failback & { waiting: Set<Worker> }>()
   /** Workers that built their gateway and take changes. */
@@ -239,7 +243,7 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
         case 'sync':
           synced.add(w)
           for (const f of failbacks.values()) f.waiting.add(w)
-          w.send({ lgw: 'state', traffic, failbacks: [...failbacks.values()].map(({ service, deployment }) => ({ service, deployment })) } satisfies Down)
+          w.send({ lgw: 'state', traffic, versions, failbacks: [...failbacks.values()].map(({ service, deployment }) => ({ service, deployment })) } satisfies Down)
           break
         case 'failback-done': {
           const key = `${m.service}\0${m.deployment}`
@@ -253,7 +257,10 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
           break
         case 'change': {
           const change = m.change
-          if (change.kind === 'traffic') traffic[change.service] = change.weights
+          if (change.kind === 'traffic') {
+            traffic[change.service] = change.weights
+            if (change.version !== undefined) versions[change.service] = change.version
+          }
           const others = [...synced].filter((x) => x !== w && x.isConnected())
           if (change.kind === 'failback') {
             // Every other worker holds the request until it is fulfilled there (or the worker leaves).

@@ -66,7 +66,7 @@ export function logTransitions (registry: Registry, logger: Logger): void {
   registry.on('health', (e) => logger.warn({ event: 'origin_health', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, healthy: e.healthy, from: e.healthy ? 'unhealthy' : 'healthy', to: e.healthy ? 'healthy' : 'unhealthy', reason: e.reason }, `origin ${e.origin.label} is ${e.healthy ? 'healthy' : 'unhealthy'}`))
   registry.on('breaker', (e) => logger.warn({ event: 'breaker', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, state: e.state, from: e.from, to: e.state, reason: e.reason }, `breaker of ${e.origin.label}: ${e.from} -> ${e.state}`))
   registry.on('failover', (e) => logger.warn({ event: 'failover', service: e.service, deployment: e.deployment, kind: e.kind, from: e.from, to: e.to, reason: e.reason }, `${e.service}/${e.deployment}: ${e.kind} ${e.from} -> ${e.to}`))
-  registry.on('traffic', (e) => logger.warn({ event: 'traffic', service: e.service, from: e.from, to: e.to, changed: e.changed, by: e.by }, `${e.service}: traffic ${weights(e.from)} -> ${weights(e.to)} by ${e.by}`))
+  registry.on('traffic', (e) => logger.warn({ event: 'traffic', service: e.service, from: e.from, to: e.to, changed: e.changed, by: e.by, version: e.version }, `${e.service}: traffic ${weights(e.from)} -> ${weights(e.to)} by ${e.by}${e.version === undefined ? '' : ` (version ${e.version})`}`))
 }
 
 /** `blue=0 green=100`, for log messages. */

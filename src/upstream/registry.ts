@@ -24,7 +24,7 @@ export interface BreakerEvent {
  * is applied in every worker (src/cluster.ts).
  */
 export type AdminChange =
-  | { kind: 'traffic', service: string, weights: Record<string, number>, by: string }
+  | { kind: 'traffic', service: string, weights: Record<string, number>, by: string, version?: number }
   | { kind: 'failback', service: string, deployment: string }
 
 /** Which cluster workers (node:cluster ids) made an admin change, and which will once their primary is healthy. */
