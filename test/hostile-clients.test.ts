@@ -200,7 +200,10 @@ t.test('Host: missing, repeated or invalid is 400 and reaches no origin', async 
 })
 
 t.test('CONNECT, TRACE and unserved methods: 405 GW_METHOD_NOT_ALLOWED with Allow', async (t) => {
-  const { primary, g } = await setup(t, {}, [{ type: 'aggregate', path: '/views/:id', sections: { product: { service: 'product', path: '/products/{id}', required: true } } }])
+  const { primary, g } = await setup(t, {}, [
+    { type: 'aggregate', path: '/views/:id', sections: { product: { service: 'product', path: '/products/{id}', required: true } } },
+    { type: 'aggregate', path: '/api/products/view/:id', sections: { product: { service: 'product', path: '/products/{id}', required: true } } }
+  ])
   const PROXY = 'DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT'
   const check = (r: RawAnswer, allow: string, name: string): void => {
     t.equal(r.status, 405, `${name}: 405`)
@@ -216,10 +219,13 @@ t.test('CONNECT, TRACE and unserved methods: 405 GW_METHOD_NOT_ALLOWED with Allo
   check(await rawRequest(g.url, head('POST', '/views/1', ['Content-Length: 2']) + '{}'), 'GET, HEAD', 'POST on a GET aggregate route')
   check(await rawRequest(g.url, head('TRACE', '/views/1', [])), 'GET, HEAD', 'TRACE on an aggregate route')
   check(await rawRequest(g.url, head('TRACE', '/nowhere', [])), PROXY, 'TRACE on a path no route matches')
+  check(await rawRequest(g.url, head('TRACE', '/api/products/view/1', [])), PROXY, 'TRACE on an aggregate inside a proxy prefix')
+  const inside = await rawRequest(g.url, head('POST', '/api/products/view/1', ['Content-Length: 2']) + '{}')
+  t.equal(inside.status, 200, 'POST on an aggregate path inside a proxy prefix still reaches the proxy')
   const notFound = await rawRequest(g.url, get('/nowhere'))
   t.equal(notFound.status, 404, 'a served method on a path no route matches: still 404')
   t.equal(JSON.parse(notFound.body).code, 'GW_NO_ROUTE')
-  t.same(primary.seen.filter((s) => !s.startsWith('GET ')), [], 'no refused method reached the origin')
+  t.same(primary.seen.filter((s) => !s.startsWith('GET ') && s !== 'POST /products/view/1'), [], 'no refused method reached the origin')
   const line = await g.waitForLog((l) => l.msg === 'request' && l.method === 'TRACE' && l.url === '/nowhere')
   t.equal(line.status, 405, 'a 405 has its access-log line')
 })
