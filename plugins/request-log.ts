@@ -83,7 +83,7 @@ function accessLogWriter (logger: Logger): AccessLog | null {
 }
 
 /** The keys the access line writes itself. */
-const ACCESS_KEYS = new Set(['level', 'time', 'reqId', 'route', 'method', 'url', 'status', 'durationMs', 'upstream', 'msg'])
+const ACCESS_KEYS = new Set(['level', 'time', 'reqId', 'route', 'method', 'url', 'status', 'durationMs', 'upstream', 'aborted', 'msg'])
 
 /**
  * The logger's bindings (pino's serialised `,"k":v` string) without the
