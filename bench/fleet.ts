@@ -81,10 +81,10 @@ export async function run (args: string[]): Promise<void> {
       return { status: res.statusCode, pending: body.fleet?.pending.length ?? 0, ms: performance.now() - t0 }
     }
 
-    // Baseline: the same PUT on one gateway without a fleet.
+    // Baseline: the same PUT on one gateway without a fleet, idle, and between the flips under the same load.
+    const idle: number[] = []
+    for (let i = 0; i < 20; i++) idle.push((await put(lone.adminUrl, COLOURS[i % 2]!)).ms)
     const baseline: number[] = []
-    for (let i = 0; i < 40; i++) baseline.push((await put(lone.adminUrl, COLOURS[i % 2]!)).ms)
-    await lone.stop()
 
     // Load: every client request records when it started and what served it.
     const pools = replicas.map((r) => new Pool(r.url, { connections: Math.ceil(connections / 3) + 2 }))
@@ -130,9 +130,12 @@ export async function run (args: string[]): Promise<void> {
       flips.push({ at, answered, colour: next, status: r.status, pending: r.pending, via })
       if (r.status === 200) n++
       if (outage !== null && outage.restarted > 0 && outage.firstOk === null && r.status === 200) outage.firstOk = answered
+      await sleep(Math.max(0, flipMs / 2 - (performance.now() - at)))
+      baseline.push((await put(lone.adminUrl, COLOURS[n % 2]!)).ms)
       await sleep(Math.max(0, flipMs - (performance.now() - at)))
     }
     stop = true
+    await lone.stop()
     await Promise.all(workers)
     await Promise.all(pools.map((p) => p.close()))
 
@@ -161,7 +164,8 @@ export async function run (args: string[]): Promise<void> {
       title: 'fleet: weight flips through 3 replicas on PostgreSQL under load (PUT -> every live replica applied)',
       columns: ['PUT answered', 'changes', 'p50 ms', 'p99 ms', 'vs baseline p50'],
       rows: [
-        ['one gateway, no fleet (baseline)', baseline.length, pct(baseline, 50), pct(baseline, 99), '1.00×'],
+        ['one gateway, no fleet, idle', idle.length, pct(idle, 50), pct(idle, 99), `${(pct(idle, 50) / pct(baseline, 50)).toFixed(2)}×`],
+        ['one gateway, no fleet, same load (baseline)', baseline.length, pct(baseline, 50), pct(baseline, 99), '1.00×'],
         ['fleet, 3 replicas, all applied', applyMs.length, pct(applyMs, 50), pct(applyMs, 99), `${(pct(applyMs, 50) / pct(baseline, 50)).toFixed(2)}×`]
       ],
       notes: []
