@@ -11,6 +11,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { GatewayError } from '../src/errors.js'
 import { migrateStore } from '../src/fleet/fleet.js'
+import { validateConfig } from '../src/config/load.js'
 import { startGateway, type TestGateway } from './helpers/gateway.js'
 import { startPostgres, type TestPostgres } from './helpers/postgres.js'
 import { until } from './helpers/cli.js'
@@ -209,4 +210,17 @@ t.test('two replicas starting at once on an empty database create the schema onc
   const r = await put(b.adminUrl, { green: 100 })
   t.equal(r.status, 200)
   t.same((r.body.fleet as { applied: string[] }).applied.length, 2)
+})
+
+t.test('config: fleet keys, defaults and checks; a wrong URL is reported without its value', async (t) => {
+  const base = { services: { a: { origins: { primary: 'http://127.0.0.1:1' } } } }
+  t.same(validateConfig({ ...base, fleet: { url: 'postgres://u:p@h/db' } }).fleet, { url: 'postgres://u:p@h/db', name: 'default', applyTimeoutMs: 3000, heartbeatMs: 1000 })
+  t.equal(validateConfig(base).fleet, undefined, 'no fleet: no key')
+  t.throws(() => validateConfig({ ...base, fleet: {} }), /fleet\.url: is required/)
+  t.throws(() => validateConfig({ ...base, fleet: { url: 'postgres://x', heartbeatMs: 5 } }), /fleet\.heartbeatMs: must be >= 10/)
+  t.throws(() => validateConfig({ ...base, fleet: { url: 'postgres://x', name: 'a b' } }), /fleet\.name/)
+  let message = ''
+  try { validateConfig({ ...base, fleet: { url: 'mysql://admin:hunter2@db/x' } }) } catch (err) { message = (err as Error).message }
+  t.match(message, /fleet\.url: must be a postgres:\/\/ or postgresql:\/\/ URL/)
+  t.notMatch(message, /hunter2/, 'the password is not echoed')
 })

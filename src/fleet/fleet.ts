@@ -208,13 +208,14 @@ export class FleetControlPlane extends EventEmitter<FleetEvents> implements Cont
     this.#closing = true
     for (const t of this.#timers) clearInterval(t)
     for (const wake of this.#wakers) wake()
+    // A heartbeat still in flight must not land after the row is removed.
+    await this.#writing?.catch(() => {})
     // Leave the live set at once rather than after 3 heartbeats.
     if (this.#connected) await store.leave(this.pool, this.name, this.replicaId).catch(() => {})
     const l = this.#listener
     this.#listener = null
     this.#connected = false
     await l?.end().catch(() => {})
-    await this.#writing?.catch(() => {})
     await this.pool.end().catch(() => {})
   }
 
