@@ -19,6 +19,8 @@ import { TOKEN, adminGet, client, colourOf, colourUpstream, cutoverConfig, cutov
 import type { TestUpstream } from './helpers/upstream.js'
 
 t.teardown(() => client.close())
+// A real PostgreSQL and several gateways on a machine shared with other test files: room to finish.
+t.setTimeout(180000)
 
 let pg: TestPostgres
 let blue: TestUpstream
@@ -32,7 +34,7 @@ t.before(async () => {
 })
 t.teardown(async () => { await blue?.close(); await green?.close() })
 
-const fleetOf = (url: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ url, name: 'test', heartbeatMs: 100, applyTimeoutMs: 5000, ...extra })
+const fleetOf = (url: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ url, name: 'test', heartbeatMs: 250, applyTimeoutMs: 5000, ...extra })
 
 async function replica (t: { teardown(fn: () => unknown): void }, fleet: Record<string, unknown>, traffic: Record<string, number> = { blue: 100, green: 0 }): Promise<TestGateway> {
   const g = await startGateway({ ...cutoverConfig(cutoverService({ blue: { primary: blue.url }, green: { primary: green.url } }, { traffic })), fleet })
@@ -40,7 +42,7 @@ async function replica (t: { teardown(fn: () => unknown): void }, fleet: Record<
   return g
 }
 
-const loaded = (g: TestGateway): Promise<true> => until('the fleet state to load', () => g.gw.control.fleet?.connected === true ? true : undefined)
+const loaded = (g: TestGateway): Promise<true> => until('the fleet state to load', () => g.gw.control.fleet?.connected === true ? true : undefined, 30000)
 
 async function put (adminUrl: string, body: unknown, ifMatch?: string): Promise<{ status: number, body: Record<string, unknown> }> {
   const headers: Record<string, string> = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }
