@@ -9,6 +9,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
 import type { Metrics } from '../src/metrics.js'
+import { queryRedactor } from '../src/http.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -23,11 +24,14 @@ declare module 'fastify' {
 
 export interface RequestLogOptions {
   metrics: Metrics | null
+  /** Query parameters written as `[redacted]` (server.redactQueryParams). */
+  redactQueryParams?: readonly string[]
 }
 
 export default fp<RequestLogOptions>(async function requestLog (fastify: FastifyInstance, opts) {
   const metrics = opts.metrics
   const access = accessLogWriter(fastify.log as unknown as Logger)
+  const redact = queryRedactor(opts.redactQueryParams ?? [])
   fastify.decorateRequest('upstream', null)
   fastify.addHook('onRequest', function (request, reply, done) {
     reply.header('x-request-id', request.id)
@@ -39,7 +43,7 @@ export default fp<RequestLogOptions>(async function requestLog (fastify: Fastify
     const ms = reply.elapsedTime
     if (metrics !== null) metrics.observeRequest(route, request.method, status, ms / 1000)
     // originalUrl: a request the front door refused was rewritten to `/`.
-    if (access !== null) access(request.id, route, request.method, request.originalUrl, status, ms, request.upstream)
+    if (access !== null) access(request.id, route, request.method, redact === null ? request.originalUrl : redact(request.originalUrl), status, ms, request.upstream)
     done()
   })
 }, { name: 'gateway-request-log' })

@@ -103,3 +103,38 @@ t.test('no secret in any log line or error body', async (t) => {
   }
   t.ok(bodies.length >= 8, 'error bodies collected')
 })
+
+t.test('query parameters named in server.redactQueryParams never reach the access log', async (t) => {
+  const good = await startUpstream('good')
+  const g = await startGateway({
+    services: { good: fastService({ primary: good.url }) },
+    routes: [{ type: 'proxy', prefix: '/good', service: 'good' }]
+  }, { start: false })
+  t.teardown(async () => { await g.close(); await good.close() })
+  const secrets = ['q-secret-token-1', 'q-secret-access-2', 'q-secret-apikey-3', 'q-secret-key-4', 'q-secret-sig-5', 'q-secret-amz-6', 'q-secret-admin-7']
+  const path = `/good/x?page=2&token=${secrets[0]}&Access_Token=${secrets[1]}&api%5Fkey=${secrets[2]}&KEY=${secrets[3]}&signature=${secrets[4]}&X-Amz-Signature=${secrets[5]}&keep=visible`
+  const res = await request(`${g.url}${path}`)
+  await res.body.dump()
+  t.equal(res.statusCode, 200)
+  t.equal(good.requests[0]?.url, path, 'the upstream still gets the query as sent')
+  const healthz = await request(`${g.adminUrl}/healthz?token=${secrets[6]}`)
+  await healthz.body.dump()
+
+  const line = await g.waitForLog((l) => l.msg === 'request' && String(l.url).startsWith('/good/x'))
+  t.equal(line.url, '/good/x?page=2&token=[redacted]&Access_Token=[redacted]&api%5Fkey=[redacted]&KEY=[redacted]&signature=[redacted]&X-Amz-Signature=[redacted]&keep=visible', 'the default names, any case, encoded names too; other parameters kept as sent')
+  const admin = await g.waitForLog((l) => l.msg === 'request' && String(l.url).startsWith('/healthz'))
+  t.equal(admin.url, '/healthz?token=[redacted]', 'the admin listener\'s access lines too')
+  const all = g.logs.map((l) => JSON.stringify(l)).join('\n')
+  for (const s of secrets) t.notOk(all.includes(s), `${s} is in no log line`)
+})
+
+t.test('server.redactQueryParams replaces the default list; [] turns redaction off', async (t) => {
+  const good = await startUpstream('good')
+  const custom = await startGateway({ server: { redactQueryParams: ['session'] }, services: { good: fastService({ primary: good.url }) }, routes: [{ type: 'proxy', prefix: '/good', service: 'good' }] }, { start: false })
+  const none = await startGateway({ server: { redactQueryParams: [] }, services: { good: fastService({ primary: good.url }) }, routes: [{ type: 'proxy', prefix: '/good', service: 'good' }] }, { start: false })
+  t.teardown(async () => { await custom.close(); await none.close(); await good.close() })
+  await (await request(`${custom.url}/good/a?Session=s1&token=t1`)).body.dump()
+  await (await request(`${none.url}/good/b?token=t2`)).body.dump()
+  t.equal((await custom.waitForLog((l) => l.msg === 'request')).url, '/good/a?Session=[redacted]&token=t1')
+  t.equal((await none.waitForLog((l) => l.msg === 'request')).url, '/good/b?token=t2')
+})
