@@ -21,7 +21,8 @@
  * - `/metrics` on the admin worker asks the primary, whose prom-client
  *   AggregatorRegistry collects every worker's registry.
  * - SIGTERM/SIGINT to the primary: every worker drains (today's drain), the
- *   primary exits 0 once all are gone. A worker that dies otherwise is
+ *   primary exits once all are gone: 0, or 1 when a worker's drain failed
+ *   (or it was killed during it). A worker that dies otherwise is
  *   restarted (and logged); one that cannot start stops the whole gateway.
  */
 import cluster, { type Worker } from 'node:cluster'
@@ -313,8 +314,13 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
         if (wasAdmin) adminWorker = null
         const started = listened.delete(w)
         if (stopping) {
+          if (exitCode !== 0) {
+            // A worker whose drain failed, or that was killed during it: its in-flight requests may be lost.
+            log.error({ worker: w.id, workerPid: w.process.pid, code: exitCode, signal }, `worker ${w.id} did not drain cleanly: the gateway exits with code 1`)
+            if (code === 0) code = 1
+          }
           if (Object.keys(cluster.workers ?? {}).length === 0) {
-            log.info('stopped')
+            log.info({ exitCode: code }, 'stopped')
             resolve(code)
           }
           return

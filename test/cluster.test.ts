@@ -18,6 +18,9 @@ import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
 import { root, childEnv, until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
 
+// Child processes (a primary and its workers) start slowly on a busy machine: room for it.
+t.setTimeout(300000)
+
 const TOKEN = 'cluster-test-token'
 
 
@@ -226,4 +229,44 @@ routes:
   child.kill('SIGTERM')
   const [code] = await exited
   t.equal(code, 0)
+})
+
+t.test('workers: 2 — a worker killed during the drain: the gateway says so and exits 1', async (t) => {
+  const held: Array<import('node:http').ServerResponse> = []
+  const up = await startUpstream('up', (_req, res) => { held.push(res) })
+  t.teardown(async () => { for (const r of held.splice(0)) json(r, 200, {}); await up.close() })
+  const config = writeConfig(t, `
+server: { host: 127.0.0.1, port: 0, workers: 2, shutdownGraceMs: 20000 }
+admin: { host: 127.0.0.1, port: 0 }
+services:
+  app:
+    healthCheck: { intervalMs: 1000, timeoutMs: 2000 }
+    timeoutMs: 30000
+    origins: { primary: ${up.url} }
+routes:
+  - { type: proxy, prefix: /app, service: app }
+`)
+  const { child, exited, lines, stderr, logged } = spawnGateway(config)
+  t.teardown(() => {
+    for (const l of lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`) }
+  const workers = (): number[] => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => l.workerPid as number)
+  await until('both workers to listen', () => { alive(); return workers().length === 2 && logged(/^gateway listening on/) !== undefined ? true : undefined }, 45000)
+  const url = logged(/^gateway listening on (http:\/\/\S+)/)!
+  // Requests on connections of their own, held by the upstream: both workers have one in flight.
+  const pending = Array.from({ length: 6 }, (_, i) => getOnce(`${url}/app/${i}`).catch(() => null))
+  await until('six requests held', () => held.length === 6 ? true : undefined)
+
+  child.kill('SIGTERM')
+  await until('both workers draining', () => lines.filter((l) => typeof l.worker === 'number' && /^draining/.test(String(l.msg))).length === 2 ? true : undefined)
+  process.kill(workers()[0]!, 'SIGKILL')
+  await until('the primary to notice', () => logged(/(did not drain cleanly)/) !== undefined ? true : undefined)
+  for (const r of held.splice(0)) json(r, 200, { name: 'up' })
+  await Promise.all(pending)
+  const [code] = await exited
+  t.equal(code, 1, 'exit code 1')
+  t.match(lines.find((l) => /did not drain cleanly/.test(String(l.msg))), { level: 50, signal: 'SIGKILL' }, 'logged at error level with the signal')
+  t.match(lines.find((l) => l.msg === 'stopped' && l.role === 'primary'), { exitCode: 1 })
 })

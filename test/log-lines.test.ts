@@ -15,6 +15,9 @@ import { rawRequest } from './helpers/raw-http.js'
 import { childEnv, until, untilHealthy, spawnGateway, writeConfig, type GatewayChild } from './helpers/cli.js'
 import { duplicateKeys } from './helpers/json-keys.js'
 
+// Child processes (a primary and its workers) start slowly on a busy machine: room for it.
+t.setTimeout(300000)
+
 const TOKEN = 'log-lines-test-token'
 
 t.test('the scanner finds a key twice at any level and rejects what is not JSON', async (t) => {

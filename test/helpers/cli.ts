@@ -17,8 +17,8 @@ export const root = fileURLToPath(new URL('../..', import.meta.url))
 /** The test's environment without tap's process-info hook (NODE_OPTIONS): the child is observed from outside. */
 export const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
 
-/** Resolves when `check` returns a value other than undefined; rejects after `ms`. */
-export async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 15000): Promise<T> {
+/** Resolves when `check` returns a value other than undefined; rejects after `ms` (generous: a busy machine starts children slowly). */
+export async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 60000): Promise<T> {
   const deadline = Date.now() + ms
   for (;;) {
     const v = await check()
