@@ -16,7 +16,8 @@ import { get, createServer as createHttpServer } from 'node:http'
 import { createServer, type AddressInfo } from 'node:net'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { root, childEnv, until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
+import { root, childEnv, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
+import { until } from './helpers/until.js'
 
 // Child processes (a primary and its workers) start slowly on a busy machine: room for it.
 t.setTimeout(300000)
@@ -89,7 +90,7 @@ routes:
   }
 
   // Workers flush their log lines a little later than the primary writes its own.
-  await until('both workers to listen', () => { alive(); return workerPids().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined })
+  await until(() => { alive(); return workerPids().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined }, { what: 'both workers to listen' })
   const gateway = logged(/^gateway listening on (http:\/\/\S+)/)!
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
   t.equal(lines.filter((l) => /^admin listening on/.test(String(l.msg))).length, 1, 'one worker holds the admin listener')
@@ -104,13 +105,13 @@ routes:
   t.same(await names(gateway, 16), Array(16).fill('blue'), 'before any change: all blue')
   t.same(await setTraffic({ green: 100 }), { blue: 0, green: 100 }, 'the admin API answers with the new weights')
   t.same(await names(gateway, 40), Array(40).fill('green'), 'right after the answer every worker sends to green')
-  const pids = await until('access-log lines of two workers', () => servedBy().size >= 2 ? [...servedBy().keys()] : undefined, 5000)
+  const pids = await until(() => servedBy().size >= 2 ? [...servedBy().keys()] : undefined, { what: 'access-log lines of two workers' })
   t.ok(pids.every((p) => [...workerPids().values()].includes(p)) && new Set(pids).size === 2, `requests were served by two worker processes (${pids.join(', ')})`)
 
   // A worker killed from outside: the primary restarts it, and it takes the current weights (green) before it listens.
   const [, victimPid] = [...workerPids()].find(([id]) => id !== 1)!
   process.kill(victimPid, 'SIGKILL')
-  await until('the replacement worker to listen', () => { alive(); return workerPids().size === 3 ? true : undefined })
+  await until(() => { alive(); return workerPids().size === 3 ? true : undefined }, { what: 'the replacement worker to listen' })
   t.match(logged(/^(worker \d+ exited unexpectedly: restarted as worker \d+)$/), /restarted as worker 3/, 'the restart is logged')
   t.same(await names(gateway, 24), Array(24).fill('green'), 'the restarted worker sends to green too')
 
@@ -119,13 +120,13 @@ routes:
 
   // /metrics: the live workers' requests, summed (the killed worker's counts went with it).
   const live = [...workerPids()].filter(([, pid]) => pid !== victimPid).map(([, pid]) => pid)
-  const counted = await until('/metrics to count the live workers\' requests', async () => {
+  const counted = await until(async () => {
     const res = await request(`${admin}/metrics`)
     const text = await res.body.text()
     const m = /^gateway_requests_total\{route="\/app",method="GET",status="200"\} (\d+)$/m.exec(text)
     const fromLogs = live.reduce((sum, pid) => sum + (servedBy().get(pid) ?? 0), 0)
     return m !== null && Number(m[1]) === fromLogs && /gateway_traffic_weight\{service="app",deployment="blue"\} 100$/m.test(text) ? fromLogs : undefined
-  }, 5000)
+  }, { what: '/metrics to count the live workers\' requests' })
   t.ok(counted > (servedBy().get(live[0]!) ?? 0) && counted > (servedBy().get(live[1]!) ?? 0), `/metrics counts both workers (${counted} requests)`)
 
   child.kill('SIGTERM')
@@ -199,29 +200,29 @@ routes:
   })
   const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`) }
   const workers = (): Map<number, number> => new Map(lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => [l.worker as number, l.workerPid as number]))
-  await until('both workers to listen', () => { alive(); return workers().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined })
+  await until(() => { alive(); return workers().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined }, { what: 'both workers to listen' })
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
   const adminLine = lines.find((l) => /^admin listening on/.test(String(l.msg)))!
   const adminWorker = adminLine.worker as number
   const adminPid = adminLine.pid as number
   const other = [...workers()].find(([id]) => id !== adminWorker)!
   const switched = (worker: number, to: string): boolean => lines.some((l) => l.event === 'failover' && l.worker === worker && l.to === to)
-  await until('both workers on the secondary', () => { alive(); return switched(adminWorker, 'secondary') && switched(other[0], 'secondary') ? true : undefined })
+  await until(() => { alive(); return switched(adminWorker, 'secondary') && switched(other[0], 'secondary') ? true : undefined }, { what: 'both workers on the secondary' })
 
   // The admin worker sees the primary healthy, the other worker does not.
   healthyFor = (pid) => pid === adminPid
-  await until('the admin worker to see the primary healthy', () => { alive(); return lines.some((l) => l.event === 'origin_health' && l.worker === adminWorker && l.origin === 'primary' && l.healthy === true) ? true : undefined })
+  await until(() => { alive(); return lines.some((l) => l.event === 'origin_health' && l.worker === adminWorker && l.origin === 'primary' && l.healthy === true) ? true : undefined }, { what: 'the admin worker to see the primary healthy' })
   const res = await request(`${admin}/admin/services/app/deployments/default/failback`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } })
   const body = await res.body.json() as { failedBack: boolean, workers: { applied: number[], pending: number[] } }
   t.equal(res.statusCode, 200)
   t.equal(body.failedBack, true)
   t.same(body.workers, { applied: [adminWorker], pending: [other[0]] }, 'the answer says which worker applied it and which waits for its primary')
-  t.ok(await until('the pending line', () => lines.some((l) => l.event === 'failback_pending' && l.worker === other[0]) ? true : undefined, 5000), 'the waiting worker logs it')
+  t.ok(await until(() => lines.some((l) => l.event === 'failback_pending' && l.worker === other[0]) ? true : undefined, { what: 'the pending line' }), 'the waiting worker logs it')
   t.notOk(switched(other[0], 'primary'), 'the other worker stays on the secondary while its primary is unhealthy')
 
   // Its primary turns healthy: traffic moves there without another call.
   healthyFor = () => true
-  await until('the other worker to fail back', () => { alive(); return switched(other[0], 'primary') ? true : undefined })
+  await until(() => { alive(); return switched(other[0], 'primary') ? true : undefined }, { what: 'the other worker to fail back' })
   const fb = lines.find((l) => l.event === 'failover' && l.worker === other[0] && l.to === 'primary')!
   t.equal(fb.kind, 'failback')
   t.match(fb.reason, /operator failback/)
@@ -253,16 +254,16 @@ routes:
   })
   const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`) }
   const workers = (): number[] => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => l.workerPid as number)
-  await until('both workers to listen', () => { alive(); return workers().length === 2 && logged(/^gateway listening on/) !== undefined ? true : undefined }, 45000)
+  await until(() => { alive(); return workers().length === 2 && logged(/^gateway listening on/) !== undefined ? true : undefined }, { what: 'both workers to listen', timeoutMs: 45000 })
   const url = logged(/^gateway listening on (http:\/\/\S+)/)!
   // Requests on connections of their own, held by the upstream: both workers have one in flight.
   const pending = Array.from({ length: 6 }, (_, i) => getOnce(`${url}/app/${i}`).catch(() => null))
-  await until('six requests held', () => held.length === 6 ? true : undefined)
+  await until(() => held.length === 6 ? true : undefined, { what: 'six requests held' })
 
   child.kill('SIGTERM')
-  await until('both workers draining', () => lines.filter((l) => typeof l.worker === 'number' && /^draining/.test(String(l.msg))).length === 2 ? true : undefined)
+  await until(() => lines.filter((l) => typeof l.worker === 'number' && /^draining/.test(String(l.msg))).length === 2 ? true : undefined, { what: 'both workers draining' })
   process.kill(workers()[0]!, 'SIGKILL')
-  await until('the primary to notice', () => logged(/(did not drain cleanly)/) !== undefined ? true : undefined)
+  await until(() => logged(/(did not drain cleanly)/) !== undefined ? true : undefined, { what: 'the primary to notice' })
   for (const r of held.splice(0)) json(r, 200, { name: 'up' })
   await Promise.all(pending)
   const [code] = await exited
