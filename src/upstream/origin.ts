@@ -44,7 +44,7 @@ export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker:
   readonly role: OriginRole
   readonly checker: HealthChecker
   readonly outlier: OutlierDetector
-  /** Set by the metrics plugin; null costs nothing on the hot path. */
+  /** Set by src/metrics.ts (Metrics.bind); null costs nothing on the hot path. */
   onOutcome: ((outcome: Outcome) => void) | null = null
   /** Bulkhead (hardening): attempts in progress, sent or waiting for a socket. */
   inFlight = 0
