@@ -105,6 +105,20 @@ export function workerRole (config: GatewayConfig): WorkerRole {
     else send({ lgw: 'failback-done', service: f.service, deployment: f.deployment })
     return result
   }
+  // A failback handed over at start-up: traffic starts on the primary only
+  // because nothing was probed yet. The request holds until this worker's
+  // own checks judge the primary: seen healthy with traffic on it, it is
+  // fulfilled; switched away from it, it becomes an ordinary request.
+  const failbackAtStart = (g: Gateway, f: Failback): void => {
+    const group = g.registry.get(f.service)?.groups.get(f.deployment)
+    if (group === undefined || group.active !== group.primary || group.secondary === null) { failback(g, f); return }
+    const onProbe = (ok: boolean): void => {
+      if (group.active === group.primary && !(ok && group.primary.healthy)) return
+      group.primary.checker.off('probe', onProbe)
+      failback(g, f)
+    }
+    group.primary.checker.on('probe', onProbe)
+  }
   let stopHandler: ((reason: string) => void) | null = null
 
   const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' }) => T): Promise<T> => {
@@ -165,7 +179,7 @@ export function workerRole (config: GatewayConfig): WorkerRole {
       for (const [service, weights] of Object.entries(traffic)) {
         applyTraffic(g, { kind: 'traffic', service, weights, by: 'cluster sync' }, logger)
       }
-      for (const f of failbacks) failback(g, f)
+      for (const f of failbacks) failbackAtStart(g, f)
     },
     listening () { send({ lgw: 'listening' }) },
     onStop (stop) { stopHandler = stop }
@@ -195,7 +209,7 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
   const log = createLogger(config.server.logLevel, { shared: true }).child({ role: 'primary', pid: process.pid })
   const aggregator = new client.AggregatorRegistry()
   const traffic: Weights = {}
-  /** Failbacks some worker has still pending, with those workers ("service\0deployment"). */
+  /** Failbacks some worker (or the replacement of one that died) has still pending, with those workers ("service\0deployment"). */
   const failbacks = new Map<string, Failback & { waiting: Set<Worker> }>()
   /** Workers that built their gateway and take changes. */
   const synced = new Set<Worker>()
@@ -213,7 +227,8 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
       for (const [n, p] of pending) {
         if (p.left.delete(w) && p.left.size === 0) { pending.delete(n); p.finish() }
       }
-      for (const [key, f] of failbacks) if (f.waiting.delete(w) && f.waiting.size === 0) failbacks.delete(key)
+      // A failback the worker still had pending stays: its replacement takes it when it syncs.
+      for (const f of failbacks.values()) f.waiting.delete(w)
     }
 
     const stopAll = (reason: string): void => {

@@ -168,7 +168,7 @@ function pidOfLocalPort (port: number): number | null {
   return m === null ? null : Number(m[1])
 }
 
-t.test('workers: 2 — a failback a worker cannot make yet is pending there and applied once its primary is healthy', async (t) => {
+t.test('workers: 2 — a failback a worker cannot make yet is pending there (a restarted worker too) and applied once its primary is healthy', async (t) => {
   // The primary's /health answers per worker: the test decides which worker processes see it healthy.
   let healthyFor: (pid: number | null) => boolean = () => false
   const primary = createHttpServer((req, res) => {
@@ -220,11 +220,18 @@ routes:
   t.ok(await until(() => lines.some((l) => l.event === 'failback_pending' && l.worker === other[0]) ? true : undefined, { what: 'the pending line' }), 'the waiting worker logs it')
   t.notOk(switched(other[0], 'primary'), 'the other worker stays on the secondary while its primary is unhealthy')
 
+  // The waiting worker dies: its replacement takes the pending failback with the weights.
+  process.kill(other[1], 'SIGKILL')
+  await until(() => { alive(); return workers().size === 3 ? true : undefined }, { what: 'the replacement worker to listen' })
+  const [replacement] = [...workers()].find(([id]) => id !== adminWorker && id !== other[0])!
+  await until(() => { alive(); return switched(replacement, 'secondary') ? true : undefined }, { what: 'the replacement to find its primary unhealthy' })
+  t.notOk(switched(replacement, 'primary'), 'the replacement stays on the secondary while its primary is unhealthy')
+
   // Its primary turns healthy: traffic moves there without another call.
   healthyFor = () => true
-  await until(() => { alive(); return switched(other[0], 'primary') ? true : undefined }, { what: 'the other worker to fail back' })
-  const fb = lines.find((l) => l.event === 'failover' && l.worker === other[0] && l.to === 'primary')!
-  t.equal(fb.kind, 'failback')
+  await until(() => { alive(); return switched(replacement, 'primary') ? true : undefined }, { what: 'the replacement to fail back' })
+  const fb = lines.find((l) => l.event === 'failover' && l.worker === replacement && l.to === 'primary')!
+  t.equal(fb.kind, 'failback', 'a failback (on a manual deployment only an operator request does that)')
   t.match(fb.reason, /operator failback/)
 
   child.kill('SIGTERM')
