@@ -11,6 +11,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { root, childEnv } from './helpers/cli.js'
 
+// Child processes start slowly on a busy machine: room for it.
+t.setTimeout(300000)
+
 const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-cli-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
 

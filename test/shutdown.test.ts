@@ -15,6 +15,9 @@ import { startUpstream, json } from './helpers/upstream.js'
 import { untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
 import { until } from './helpers/until.js'
 
+// Child processes start slowly on a busy machine: room for it.
+t.setTimeout(300000)
+
 
 
 /** True when a TCP connection to host:port is refused. */

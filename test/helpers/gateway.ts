@@ -87,7 +87,8 @@ export async function startGateway (raw: Record<string, unknown>, opts: Omit<Bui
  */
 export function fastService (origins: { primary: unknown, secondary?: unknown }, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
-    timeoutMs: 1000,
+    // Attempt timeout: room for a loaded machine; tests of timeouts set their own.
+    timeoutMs: 5000,
     healthCheck: { intervalMs: 50, timeoutMs: 1000, unhealthyThreshold: 2, healthyThreshold: 2 },
     circuitBreaker: { volumeThreshold: 5, resetTimeoutMs: 60000 },
     origins,
