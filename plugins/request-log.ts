@@ -12,6 +12,7 @@ import type { ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import pino, { type Logger } from 'pino'
 import type { Metrics } from '../src/metrics.js'
+import { queryRedactor } from '../src/http.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -26,6 +27,8 @@ declare module 'fastify' {
 
 export interface RequestLogOptions {
   metrics: Metrics | null
+  /** Query parameters written as `[redacted]` (server.redactQueryParams). */
+  redactQueryParams?: readonly string[]
 }
 
 const kReply = Symbol('lattice-gateway.reply')
@@ -34,6 +37,7 @@ type LoggedResponse = ServerResponse & { [kReply]?: FastifyReply }
 export default fp<RequestLogOptions>(async function requestLog (fastify: FastifyInstance, opts) {
   const metrics = opts.metrics
   const access = accessLogWriter(fastify.log as unknown as Logger)
+  const redact = queryRedactor(opts.redactQueryParams ?? [])
   fastify.decorateRequest('upstream', null)
   // The line is written when the response closes — finished, or cut short
   // because the client went away (or the gateway cut it): 'close' comes
@@ -50,7 +54,7 @@ export default fp<RequestLogOptions>(async function requestLog (fastify: Fastify
     const ms = reply.elapsedTime
     if (metrics !== null) metrics.observeRequest(route, request.method, status, ms / 1000)
     // originalUrl: a request the front door refused was rewritten to `/`.
-    if (access !== null) access(request.id, route, request.method, request.originalUrl, status, ms, request.upstream, aborted)
+    if (access !== null) access(request.id, route, request.method, redact === null ? request.originalUrl : redact(request.originalUrl), status, ms, request.upstream, aborted)
   }
   fastify.addHook('onRequest', function (request, reply, done) {
     reply.header('x-request-id', request.id)

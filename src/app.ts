@@ -99,7 +99,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     forceCloseConnections: 'idle'
   })
   await app.register(errors)
-  await app.register(requestLog, { metrics })
+  await app.register(requestLog, { metrics, redactQueryParams: config.server.redactQueryParams })
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
   for (const route of config.routes) {
@@ -115,7 +115,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   let phase: ListenerPhase = 'starting'
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
-  await admin.register(requestLog, { metrics: null })
+  await admin.register(requestLog, { metrics: null, redactQueryParams: config.server.redactQueryParams })
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText, unready: control.fleet === undefined ? undefined : () => control.fleet!.loaded ? [] : ['fleet'] })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
 

@@ -2,8 +2,8 @@
  * Executes a compiled aggregate plan for one request: every section is
  * sent at once through its service's failover send primitive (so a
  * section's primary failing moves to its secondary exactly as a proxied
- * request would), all under one AbortController that carries the route's
- * deadline. The service bounds each attempt (`timeoutMs`); this bounds the
+ * request would), all under one Cancellation (src/upstream/cancel.ts)
+ * that carries the route's deadline. The service bounds each attempt (`timeoutMs`); this bounds the
  * whole fan-out, and aborting releases every outstanding socket.
  *
  * A section's answer counts only when it is 2xx, JSON by content type,

@@ -55,6 +55,8 @@ export const ServerSchema = closed({
   // --- end hostile clients ---
   /** Worker processes sharing the public port (node:cluster); `auto`: one per core. 1: no cluster at all. */
   workers: Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('auto')], { default: 1 }),
+  /** Query parameters whose values the access log writes as `[redacted]` (names compared case-insensitively). */
+  redactQueryParams: Type.Array(Type.String({ minLength: 1 }), { default: ['token', 'access_token', 'api_key', 'key', 'signature', 'X-Amz-Signature'] }),
   logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })
 }, { default: {} })
 
