@@ -20,7 +20,11 @@ export const ErrorCodes = {
   GW_INTERNAL: 500,
   GW_UPSTREAM_FAILED: 502,
   GW_OVERLOADED: 503,
-  GW_DEADLINE: 504
+  GW_DEADLINE: 504,
+  // --- edge authentication (SPEC §14, §16) ---
+  GW_UNAUTHENTICATED: 401,
+  GW_RATE_LIMITED: 429,
+  GW_AUTH_UNAVAILABLE: 503
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes
