@@ -23,6 +23,7 @@ import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 import type { AdminChange } from './cluster.js'
+import { createRouteGuards } from './auth/route-guard.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -49,6 +50,8 @@ export interface BuildOptions extends RegistryOptions {
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
   // --- end multi-core ---
+  /** Live replicas sharing the traffic (the fleet's); each allows ceil(rateLimit.max / this). Default 1. */
+  liveReplicas?: () => number
 }
 
 /** Secrets never written to logs, wherever they appear. */
@@ -108,11 +111,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await app.register(requestLog, { metrics })
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
+  // Edge authentication and rate limits (SPEC §14): a hook per route that has them.
+  const guards = createRouteGuards(config, { metrics, logger, liveReplicas: opts.liveReplicas })
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
+      await app.register(guards.wrap(route, proxyRoute), { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
     } else {
-      await app.register(aggregateRoute, { route, registry, metrics })
+      await app.register(guards.wrap(route, aggregateRoute), { route, registry, metrics })
     }
   }
 
@@ -134,12 +139,14 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     markListening () { phase = 'ok' },
     start () {
       registry.start()
+      guards.start()
       lattice?.start(registry.origins)
     },
     async close () {
       phase = 'stopping'
       await app.close()
       await admin.close()
+      guards.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()
