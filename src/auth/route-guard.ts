@@ -137,7 +137,9 @@ async function compileGuard (scope: FastifyInstance, route: RouteConfig, verifie
         }
       }
       counters?.ok.inc()
-      const h = request.headers
+      // The node request's own headers: what every route copies from (fastify's
+      // `request.headers` is a merged copy once something has assigned to it).
+      const h = request.raw.headers
       if (stripAuthorization) delete h.authorization
       for (let i = 0; i < claimHeaders.length; i++) {
         const [claim, header] = claimHeaders[i]!
