@@ -14,6 +14,8 @@ export const ErrorCodes = {
   GW_FORBIDDEN: 403,
   GW_NO_ROUTE: 404,
   GW_NOT_FOUND: 404,
+  GW_METHOD_NOT_ALLOWED: 405,
+  GW_CLIENT_TIMEOUT: 408,
   GW_CONFLICT: 409,
   GW_BODY_TOO_LARGE: 413,
   GW_SECTION_STATUS: 0, // the failing section's own 4xx status
@@ -21,6 +23,9 @@ export const ErrorCodes = {
   GW_UPSTREAM_FAILED: 502,
   GW_OVERLOADED: 503,
   GW_DEADLINE: 504,
+  // --- fleet (SPEC §10) ---
+  GW_VERSION_CONFLICT: 412,
+  GW_FLEET_UNAVAILABLE: 503,
   // --- edge authentication (SPEC §14, §16) ---
   GW_UNAUTHENTICATED: 401,
   GW_RATE_LIMITED: 429,
