@@ -248,6 +248,11 @@ function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): Route
     issues.push({ path, message: `must be a mapping with type "proxy" or "aggregate" (got ${show(raw)})` })
     return undefined
   }
+  // Edge auth: `auth` is "jwt" or { policy }; said in those words (the schema's union would name "jwt" only).
+  if (raw.auth !== undefined && raw.auth !== 'jwt' && !(isMapping(raw.auth) && typeof raw.auth.policy === 'string' && raw.auth.policy !== '' && Object.keys(raw.auth).length === 1)) {
+    issues.push({ path: `${path}.auth`, message: `must be "jwt" or { policy: <name> } (got ${show(raw.auth)})` })
+    delete raw.auth // our own copy (screen() made it)
+  }
   const type = raw.type
   if (type === 'proxy') return check(ProxyRouteSchema, raw, path, issues) as RouteConfig | undefined
   if (type === 'aggregate') {
