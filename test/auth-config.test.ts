@@ -60,8 +60,8 @@ t.test('every problem at its path, all in one run', async (t) => {
 
   t.match(issues({ routes: [{ type: 'proxy', prefix: '/a', service: 's', auth: 'jwt' }] }), { 'routes[0].auth': /needs auth.jwt/ }, 'auth without auth.jwt')
   t.same(issues({ auth: { jwt }, routes: [{ type: 'proxy', prefix: '/a', service: 's', auth: 'jwtx' }, { type: 'proxy', prefix: '/b', service: 's', auth: { policy: 'p', extra: 1 } }] }), {
-    'routes[0].auth': 'must be "jwt" or { policy: <name> } (got "jwtx")',
-    'routes[1].auth': 'must be "jwt" or { policy: <name> } (got {"policy":"p","extra":1})'
+    'routes[0].auth': 'must be one of "jwt", { policy: <name> } (got "jwtx")',
+    'routes[1].auth': 'must be one of "jwt", { policy: <name> } (got {"policy":"p","extra":1})'
   }, 'a malformed auth value, reported once in its own words')
   t.match(issues({ routes: [{ type: 'proxy', prefix: '/a', service: 's', rateLimit: { max: 1, windowMs: 1000, key: 'ip-address' } }] }), { 'routes[0].rateLimit.key': /"ip", "header:<name>" or "jwt:<claim>"/ })
   t.match(issues({ auth: { jwt: { ...jwt, extra: 1 } } }), { 'auth.jwt.extra': /unknown key/ })

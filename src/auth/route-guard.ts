@@ -183,7 +183,8 @@ async function rateLimiter (scope: FastifyInstance, cfg: RateLimitConfig, label:
   const replicas = opts.liveReplicas
   const counter = opts.metrics?.rateLimitedCounter(label) ?? null
   const options = {
-    max: replicas === undefined ? cfg.max : () => Math.ceil(cfg.max / Math.max(1, replicas())),
+    // A count that is not a number >= 1 (a control plane not connected yet) counts as 1.
+    max: replicas === undefined ? cfg.max : () => { const n = replicas(); return Math.ceil(cfg.max / (n >= 1 ? n : 1)) },
     timeWindow: cfg.windowMs,
     keyGenerator: rateLimitKey(cfg.key),
     // The store of this route (@fastify/rate-limit's LocalStore, an LRU).

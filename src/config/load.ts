@@ -250,7 +250,7 @@ function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): Route
   }
   // Edge auth: `auth` is "jwt" or { policy }; said in those words (the schema's union would name "jwt" only).
   if (raw.auth !== undefined && raw.auth !== 'jwt' && !(isMapping(raw.auth) && typeof raw.auth.policy === 'string' && raw.auth.policy !== '' && Object.keys(raw.auth).length === 1)) {
-    issues.push({ path: `${path}.auth`, message: `must be "jwt" or { policy: <name> } (got ${show(raw.auth)})` })
+    issues.push({ path: `${path}.auth`, message: `must be one of "jwt", { policy: <name> } (got ${show(raw.auth)})` })
     delete raw.auth // our own copy (screen() made it)
   }
   const type = raw.type
