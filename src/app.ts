@@ -28,6 +28,7 @@ import adminRoutes from '../routes/admin.js'
 import type { ControlPlane } from './fleet/control.js'
 import type { FleetEvents } from './fleet/fleet.js'
 import { LocalControlPlane } from './fleet/local.js'
+import { createRouteGuards } from './auth/route-guard.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -58,6 +59,8 @@ export interface BuildOptions extends RegistryOptions {
   /** The control plane of a cluster worker whose primary holds the fleet connection. */
   controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
+  /** Live replicas sharing the traffic (the fleet's); each allows ceil(rateLimit.max / this). Default 1. */
+  liveReplicas?: () => number
 }
 
 export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
@@ -102,11 +105,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await app.register(requestLog, { metrics, redactQueryParams: config.server.redactQueryParams })
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
+  // Edge authentication and rate limits (SPEC §14): a hook per route that has them.
+  const guards = createRouteGuards(config, { metrics, logger, liveReplicas: opts.liveReplicas })
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs })
+      await app.register(guards.wrap(route, proxyRoute), { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs })
     } else {
-      await app.register(aggregateRoute, { route, registry, metrics })
+      await app.register(guards.wrap(route, aggregateRoute), { route, registry, metrics })
     }
   }
   // Hostile clients: CONNECT, TRACE and methods no route serves get 405 (plugins/methods.ts).
@@ -131,6 +136,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     markListening () { phase = 'ok' },
     start () {
       registry.start()
+      guards.start()
       lattice?.start(registry.origins)
       control.start()
     },
@@ -139,6 +145,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       await app.close()
       await admin.close()
       await control.close()
+      guards.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()

@@ -25,7 +25,11 @@ export const ErrorCodes = {
   GW_DEADLINE: 504,
   // --- fleet (SPEC §10) ---
   GW_VERSION_CONFLICT: 412,
-  GW_FLEET_UNAVAILABLE: 503
+  GW_FLEET_UNAVAILABLE: 503,
+  // --- edge authentication (SPEC §14, §16) ---
+  GW_UNAUTHENTICATED: 401,
+  GW_RATE_LIMITED: 429,
+  GW_AUTH_UNAVAILABLE: 503
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

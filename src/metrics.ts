@@ -157,4 +157,21 @@ export class Metrics {
     return out
   }
   // ---- end aggregate routes ----
+
+  // ---- edge authentication (SPEC §14; compiled by src/auth/route-guard.ts) ----
+  readonly #auth = new HotCounterFamily({ name: 'gateway_auth_total', help: 'Requests on routes with auth by result: ok, unauthenticated (401), forbidden (403, the policy) or unavailable (503, no JWKS yet)', labelNames: ['route', 'result'], registers: [this.registry] })
+  readonly #rateLimited = new HotCounterFamily({ name: 'gateway_rate_limited_total', help: 'Requests refused with 429 by the route\'s rate limit', labelNames: ['route'], registers: [this.registry] })
+
+  /** Counters for one route's auth results, bound (and shown as 0) at start-up. */
+  authCounters<R extends string> (route: string, results: readonly R[]): Record<R, HotCounter> {
+    const out = {} as Record<R, HotCounter>
+    for (const r of results) out[r] = this.#auth.hot(route, r)
+    return out
+  }
+
+  /** The counter of one route's 429s, bound (and shown as 0) at start-up. */
+  rateLimitedCounter (route: string): HotCounter {
+    return this.#rateLimited.hot(route)
+  }
+  // ---- end edge authentication ----
 }

@@ -189,14 +189,17 @@ function hasDotSegment (path: string): boolean {
 // Built once, outside any chain: services are picked by number (`svc`) and
 // placeholders by parameter number (`param`) when the config is assembled.
 // Route prefixes and paths get a per-index head (`/r3-`, `/a3-`) so no two collide.
+// Edge-auth keys refer to a top-level `auth` (test/auth-config.test.ts covers them).
+const noAuth = { auth: null, forwardAuthorization: null, claimHeaders: null, rateLimit: null }
 const proxyRoute = closedArb(sch(ProxyRouteSchema), {
+  ...noAuth,
   prefix: fc.tuple(text, fc.constantFrom('', '/', '//')).map(([x, slash]) => x + slash),
   service: fc.nat()
 })
 const sectionLiteral = fc.string({ unit: fc.constantFrom('a', 'z', '0', '/', '?', '=', '&', '.', '-', '_', '~', '%', 'é', '}'), maxLength: 8 })
 const sectionPiece = fc.oneof(sectionLiteral, fc.nat().map((param) => ({ param })))
 const aggregateRoute = fc.record({
-  route: closedArb(sch(AggregateRouteSchema), { path: null, sections: null }),
+  route: closedArb(sch(AggregateRouteSchema), { ...noAuth, path: null, sections: null }),
   head: fc.array(fc.stringMatching(/^[a-z0-9._~-]{1,5}$/), { maxLength: 2 }),
   params: fc.uniqueArray(routeParam, { maxLength: 3 }),
   sections: fc.uniqueArray(fc.tuple(sectionKey, closedArb(sch(SectionSchema), { service: fc.nat(), path: fc.array(sectionPiece, { maxLength: 4 }) })), { minLength: 1, maxLength: 3, selector: ([k]) => k })

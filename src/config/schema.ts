@@ -128,13 +128,77 @@ export const ServiceSchema = closed({
   }))
 })
 
+// ---- edge authentication (SPEC §14) ----
+
+/** The condition operators of a policy statement (IAM's String operators). */
+export const POLICY_OPERATORS = ['StringEquals', 'StringNotEquals', 'StringEqualsIgnoreCase', 'StringNotEqualsIgnoreCase', 'StringLike', 'StringNotLike'] as const
+export type PolicyOperator = typeof POLICY_OPERATORS[number]
+/** Condition keys: `jwt:<claim>`, `request:method`, `request:path`, `request:header/<name>`, `request:query/<name>`, `source:ip`. */
+export const POLICY_KEY = /^(?:jwt:.+|request:method|request:path|request:header\/[!#$%&'*+.^_`|~0-9A-Za-z-]+|request:query\/.+|source:ip)$/
+/** An HTTP header name (RFC 9110 token). */
+export const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
+
+const OneOrMore = Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })])
+
+export const JwtSchema = closed({
+  /** http: or https: URL of the JSON Web Key Set. */
+  jwksUrl: Type.String({ minLength: 1 }),
+  issuer: OneOrMore,
+  audience: OneOrMore,
+  algorithms: Type.Array(Type.Union(JWT_ALGORITHMS.map((a) => Type.Literal(a))), { minItems: 1, uniqueItems: true, default: ['RS256'] }),
+  clockToleranceSec: Type.Integer({ minimum: 0, default: 0 }),
+  /** An unknown `kid` refetches the JWKS at most once per this interval. */
+  jwksCooldownMs: Ms(0, 30000),
+  /** The JWKS is re-read this often in the background (a failed read keeps the keys). */
+  jwksRefreshMs: Ms(100, 600000),
+  /** One JWKS fetch may take this long. */
+  jwksTimeoutMs: Ms(1, 5000)
+})
+
+export const PolicyStatementSchema = closed({
+  effect: Type.Union([Type.Literal('Allow'), Type.Literal('Deny')]),
+  methods: Type.Optional(Type.Array(Method, { minItems: 1, uniqueItems: true })),
+  /** Globs over the request path: `*` any characters (`/` too), `?` one. */
+  paths: Type.Optional(Type.Array(Type.String({ pattern: '^/' }), { minItems: 1 })),
+  /** `{ Operator: { key: value | [values] } }`; checked by the loader (operators and keys). */
+  condition: Type.Optional(Type.Unknown())
+})
+
+export const AuthSchema = closed({
+  jwt: Type.Optional(JwtSchema),
+  policies: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Array(PolicyStatementSchema, { minItems: 1 }), { default: {}, additionalProperties: false })
+})
+
+export const RateLimitSchema = closed({
+  max: Type.Integer({ minimum: 1 }),
+  windowMs: Ms(1, 60000),
+  /** `ip`, `header:<name>` or `jwt:<claim>`. */
+  key: Type.String({ minLength: 1, default: 'ip' })
+})
+
+/** Keys every route type takes for edge authentication (SPEC §14). */
+function routeAuthProps () {
+  return {
+    /** `jwt` (a valid token) or `{ policy: name }` (a valid token, then the policy). */
+    auth: Type.Optional(Type.Union([Type.Literal('jwt'), closed({ policy: Type.String({ minLength: 1 }) })])),
+    /** Send the client's `Authorization` upstream on an authenticated route (default: removed). */
+    forwardAuthorization: Type.Optional(Type.Boolean()),
+    /** Verified claims sent upstream as headers: `{ claim: header }`. */
+    claimHeaders: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ pattern: HEADER_NAME.source }))),
+    rateLimit: Type.Optional(RateLimitSchema)
+  }
+}
+// ---- end edge authentication ----
+
 export const ProxyRouteSchema = closed({
   type: Type.Literal('proxy'),
   prefix: Type.String({ pattern: '^/' }),
   service: Type.String({ minLength: 1 }),
   rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$' })),
   /** An upstream answer larger than this is refused (502) or cut; 0: no limit (answers stream, memory stays bounded). */
-  maxResponseBytes: Type.Integer({ minimum: 0, default: 0 })
+  maxResponseBytes: Type.Integer({ minimum: 0, default: 0 }),
+  ...routeAuthProps()
 })
 
 export const SectionSchema = closed({
@@ -152,7 +216,8 @@ export const AggregateRouteSchema = closed({
   forwardHeaders: Type.Array(Type.String({ minLength: 1 }), { default: ['authorization', 'accept-language'] }),
   /** A section answer larger than this is a failed section. */
   maxSectionBytes: Type.Integer({ minimum: 1, default: 1048576 }),
-  sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false })
+  sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false }),
+  ...routeAuthProps()
 })
 
 /** SPEC §10: replicas with the same url and name share one control state. */
@@ -172,7 +237,9 @@ export const TopSchema = closed({
   lattice: LatticeSchema,
   fleet: Type.Optional(FleetSchema),
   services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {}, additionalProperties: false }),
-  routes: Type.Array(Type.Unknown(), { default: [] })
+  routes: Type.Array(Type.Unknown(), { default: [] }),
+  /** Edge authentication (SPEC §14): checked by the loader part by part. */
+  auth: Type.Optional(Type.Unknown())
 })
 
 export type ServerConfig = Static<typeof ServerSchema> & { logLevel: string }
@@ -185,6 +252,23 @@ export type ProxyRoute = Static<typeof ProxyRouteSchema>
 export type AggregateRoute = Static<typeof AggregateRouteSchema>
 export type SectionConfig = Static<typeof SectionSchema>
 export type RouteConfig = ProxyRoute | AggregateRoute
+export type JwtConfig = Static<typeof JwtSchema>
+export type PolicyStatementRaw = Static<typeof PolicyStatementSchema>
+export type RateLimitConfig = Static<typeof RateLimitSchema>
+/** A route's `auth` after validation. */
+export type RouteAuth = 'jwt' | { policy: string }
+/** One statement after validation: its condition as `{ operator: { key: [values] } }`. */
+export interface PolicyStatement {
+  effect: 'Allow' | 'Deny'
+  methods?: string[]
+  paths?: string[]
+  condition: Partial<Record<PolicyOperator, Record<string, string[]>>>
+}
+/** `auth` after validation (SPEC §14). */
+export interface AuthConfig {
+  jwt?: JwtConfig
+  policies: Record<string, PolicyStatement[]>
+}
 
 /** One deployment after validation: a primary and an optional secondary. */
 export interface DeploymentConfig {
@@ -207,4 +291,6 @@ export interface GatewayConfig {
   fleet?: FleetConfig
   services: Record<string, ServiceConfig>
   routes: RouteConfig[]
+  /** Edge authentication (SPEC §14); absent when the file has no `auth`. */
+  auth?: AuthConfig
 }

@@ -6,6 +6,7 @@
  */
 import { validateConfig } from '../config/load.js'
 import type { GatewayConfig } from '../config/schema.js'
+import { DEMO_AUDIENCE, DEMO_ISSUER, DEMO_JWKS_URL } from './auth.js'
 
 export const DEMO_TOKEN = 'demo-token'
 
@@ -20,6 +21,17 @@ export const PRODUCT_DETAILS_ROUTE = {
     reviews: { service: 'review', path: '/reviews?productId={id}' },
     inventory: { service: 'inventory', path: '/inventory/{id}' }
   }
+} as const
+
+/** The demo's JWT-protected route: the reviews, for a verified user (sent as x-user-id, which also picks the sticky deployment). */
+export const DEMO_SECURE_ROUTE = {
+  type: 'proxy',
+  prefix: '/secure/reviews',
+  service: 'review',
+  rewritePrefix: '/reviews',
+  auth: 'jwt',
+  claimHeaders: { sub: 'x-user-id' },
+  rateLimit: { max: 30, windowMs: 60000, key: 'jwt:sub' }
 } as const
 
 export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig {
@@ -44,8 +56,11 @@ export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig
       { type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' },
       { type: 'proxy', prefix: '/api/reviews', service: 'review', rewritePrefix: '/reviews' },
       { type: 'proxy', prefix: '/api/inventory', service: 'inventory', rewritePrefix: '/inventory' },
-      PRODUCT_DETAILS_ROUTE
-    ]
+      PRODUCT_DETAILS_ROUTE,
+      // Edge authentication (SPEC §14): tokens from `npm run demo:token`.
+      DEMO_SECURE_ROUTE
+    ],
+    auth: { jwt: { jwksUrl: DEMO_JWKS_URL, issuer: DEMO_ISSUER, audience: DEMO_AUDIENCE, algorithms: ['ES256'] } }
   }, 'demo config')
 }
 
@@ -73,6 +88,12 @@ Blue/green (review): shift to green, watch "version", then roll back:
   curl -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":50,"green":50}' ${a}/admin/services/review/traffic
   for u in alice bob carol dave; do curl -s -H "x-user-id: $u" ${g}/api/reviews?productId=1; echo; done
   curl -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":100,"green":0}' ${a}/admin/services/review/traffic
+
+JWT-protected route (tokens signed by the demo issuer, JWKS on 127.0.0.1:9401):
+  curl -i ${g}/secure/reviews?productId=1         # 401 GW_UNAUTHENTICATED
+  TOKEN=$(npm run -s demo:token -- alice)         # or: npm run demo:token -- <sub> [scope]
+  curl -i -H "authorization: Bearer $TOKEN" ${g}/secure/reviews?productId=1   # 200, upstream gets x-user-id: alice
+  (30 requests a minute per user, then 429 GW_RATE_LIMITED)
 
 Ctrl-C stops the gateway and every demo upstream.
 `

@@ -11,9 +11,10 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
+import { DEMO_JWKS, DEMO_JWKS_PORT } from './auth.js'
 
 export interface DemoOrigin {
-  service: 'product' | 'review' | 'inventory'
+  service: 'product' | 'review' | 'inventory' | 'issuer'
   name: string
   port: number
   version?: string
@@ -26,7 +27,8 @@ export const DEMO_ORIGINS: DemoOrigin[] = [
   { service: 'review', name: 'review-blue-secondary', port: 9202, version: 'blue' },
   { service: 'review', name: 'review-green-primary', port: 9203, version: 'green' },
   { service: 'inventory', name: 'inventory-primary', port: 9301 },
-  { service: 'inventory', name: 'inventory-secondary', port: 9302 }
+  { service: 'inventory', name: 'inventory-secondary', port: 9302 },
+  { service: 'issuer', name: 'demo-issuer', port: DEMO_JWKS_PORT } // the JWKS of src/demo/auth.ts
 ]
 
 const PRODUCTS = ['Trail shoe', 'Rain jacket', 'Headlamp', 'Water bottle', 'Tent', 'Sleeping bag', 'Stove', 'Compass', 'Map case', 'Backpack']
@@ -43,6 +45,7 @@ function answer (o: DemoOrigin, req: IncomingMessage, res: ServerResponse, body:
   const rid = req.headers['x-request-id']
   const extra: Record<string, string> = typeof rid === 'string' ? { 'x-request-id': rid } : {}
   const parts = url.pathname.split('/').filter(Boolean)
+  if (o.service === 'issuer' && url.pathname === '/.well-known/jwks.json') return send(res, 200, DEMO_JWKS)
   if (o.service === 'product' && parts[0] === 'products') {
     if (req.method === 'POST') return send(res, 201, { created: body === '' ? null : safeJson(body), servedBy }, extra)
     if (parts.length === 1) return send(res, 200, { products: PRODUCTS.map((name, i) => ({ id: i + 1, name })), servedBy }, extra)
