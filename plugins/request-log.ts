@@ -9,6 +9,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import pino, { type Logger } from 'pino'
 import type { Metrics } from '../src/metrics.js'
+import type { RequestTrace } from '../src/tracing/types.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -18,6 +19,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Which origin answered (service/deployment/role), for the access log. */
     upstream: string | null
+    /** The request's trace (plugins/tracing.ts); null when tracing is off. */
+    trace: RequestTrace | null
   }
 }
 
@@ -29,6 +32,7 @@ export default fp<RequestLogOptions>(async function requestLog (fastify: Fastify
   const metrics = opts.metrics
   const access = accessLogWriter(fastify.log as unknown as Logger)
   fastify.decorateRequest('upstream', null)
+  fastify.decorateRequest('trace', null)
   fastify.addHook('onRequest', function (request, reply, done) {
     reply.header('x-request-id', request.id)
     done()
@@ -39,12 +43,12 @@ export default fp<RequestLogOptions>(async function requestLog (fastify: Fastify
     const ms = reply.elapsedTime
     if (metrics !== null) metrics.observeRequest(route, request.method, status, ms / 1000)
     // originalUrl: a request the front door refused was rewritten to `/`.
-    if (access !== null) access(request.id, route, request.method, request.originalUrl, status, ms, request.upstream)
+    if (access !== null) access(request.id, route, request.method, request.originalUrl, status, ms, request.upstream, request.trace === null ? null : request.trace.ids)
     done()
   })
 }, { name: 'gateway-request-log' })
 
-type AccessLog = (reqId: string, route: string, method: string, url: string, status: number, ms: number, upstream: string | null) => void
+type AccessLog = (reqId: string, route: string, method: string, url: string, status: number, ms: number, upstream: string | null, trace: RequestTrace['ids']) => void
 
 /**
  * The access-log line, written as pino would write
@@ -60,7 +64,8 @@ function accessLogWriter (logger: Logger): AccessLog | null {
   const stream = internals[pino.symbols.streamSym] as { write(line: string): unknown }
   const bindings = internals[pino.symbols.chindingsSym] as string
   const level = logger.levels.values.info
-  return (reqId, route, method, url, status, ms, upstream) => {
-    stream.write(`{"level":${level},"time":${Date.now()}${bindings},"reqId":${JSON.stringify(reqId)},"route":${JSON.stringify(route)},"method":${JSON.stringify(method)},"url":${JSON.stringify(url)},"status":${status},"durationMs":${Math.round(ms * 100) / 100},"upstream":${upstream === null ? 'null' : JSON.stringify(upstream)},"msg":"request"}\n`)
+  return (reqId, route, method, url, status, ms, upstream, trace) => {
+    // trace_id/span_id: only on a sampled request (hex ids, no escaping needed).
+    stream.write(`{"level":${level},"time":${Date.now()}${bindings},"reqId":${JSON.stringify(reqId)},"route":${JSON.stringify(route)},"method":${JSON.stringify(method)},"url":${JSON.stringify(url)},"status":${status},"durationMs":${Math.round(ms * 100) / 100},"upstream":${upstream === null ? 'null' : JSON.stringify(upstream)}${trace === null ? '' : `,"trace_id":"${trace.trace_id}","span_id":"${trace.span_id}"`},"msg":"request"}\n`)
   }
 }

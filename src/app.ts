@@ -16,6 +16,7 @@ import { Metrics } from './metrics.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
+import tracingPlugin from '../plugins/tracing.js'
 import limits, { frontDoor } from '../plugins/limits.js'
 import overload from '../plugins/overload.js'
 import proxyRoute from '../routes/proxy.js'
@@ -84,6 +85,10 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
+  // Tracing (SPEC §13): the OpenTelemetry SDK is loaded only when an OTLP endpoint is set.
+  const tracing = config.tracing.otlpEndpoint === ''
+    ? null
+    : await (await import('./tracing/otel.js')).startTracing(config.tracing, { registry, metrics: metrics.registry, logger })
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -106,6 +111,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   })
   await app.register(errors)
   await app.register(requestLog, { metrics })
+  if (tracing !== null) await app.register(tracingPlugin, { tracing })
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
   for (const route of config.routes) {
@@ -140,6 +146,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       phase = 'stopping'
       await app.close()
       await admin.close()
+      await tracing?.shutdown()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()

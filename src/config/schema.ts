@@ -147,10 +147,30 @@ export const AggregateRouteSchema = closed({
   sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false })
 })
 
+// --- tracing (SPEC §13; README "Observability") ---
+export const TracingSchema = closed({
+  /** The collector's OTLP/HTTP traces URL; empty (the default): tracing off, the SDK never loaded. */
+  otlpEndpoint: Type.String({ default: '', pattern: '^(https?://.+)?$' }),
+  protocol: Type.Union([Type.Literal('http/json'), Type.Literal('http/protobuf')], { default: 'http/json' }),
+  serviceName: Type.String({ minLength: 1, default: 'lattice-gateway' }),
+  /** Share of new traces recorded; a caller's sampled traceparent is always kept. */
+  sampleRatio: Type.Number({ minimum: 0, maximum: 1, default: 1 }),
+  /** Headers sent to the collector (e.g. an API key). */
+  headers: Type.Record(Type.String(), Type.String(), { default: {} }),
+  /** Ended spans waiting for export; one more is dropped and counted. */
+  maxQueueSize: Type.Integer({ minimum: 1, default: 2048 }),
+  /** How long an ended span waits for its batch to fill before it is exported. */
+  batchDelayMs: Ms(1, 1000),
+  /** One export, retries included, before its batch counts as dropped. */
+  exportTimeoutMs: Ms(1, 10000)
+}, { default: {} })
+// --- end tracing ---
+
 export const TopSchema = closed({
   server: ServerSchema,
   admin: AdminSchema,
   lattice: LatticeSchema,
+  tracing: TracingSchema,
   services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {}, additionalProperties: false }),
   routes: Type.Array(Type.Unknown(), { default: [] })
 })
@@ -158,6 +178,7 @@ export const TopSchema = closed({
 export type ServerConfig = Static<typeof ServerSchema> & { logLevel: string }
 export type AdminConfig = Static<typeof AdminSchema>
 export type LatticeConfig = Static<typeof LatticeSchema>
+export type TracingConfig = Static<typeof TracingSchema>
 export type LatticeOrigin = Static<typeof LatticeOriginSchema>['lattice']
 type ServiceRaw = Static<typeof ServiceSchema>
 export type ProxyRoute = Static<typeof ProxyRouteSchema>
@@ -182,6 +203,7 @@ export interface GatewayConfig {
   server: ServerConfig
   admin: AdminConfig
   lattice: LatticeConfig
+  tracing: TracingConfig
   services: Record<string, ServiceConfig>
   routes: RouteConfig[]
 }
