@@ -86,7 +86,8 @@ export function decodeJson (doc: unknown): ReceivedSpan[] {
   return out
 }
 
-export async function startOtlpReceiver (): Promise<OtlpReceiver> {
+/** Listens on `port` (0: any free one; a fixed one to bring a collector back where it was). */
+export async function startOtlpReceiver (port = 0): Promise<OtlpReceiver> {
   const sockets = new Set<Socket>()
   const waiters: Array<{ pred: (s: ReceivedSpan[]) => boolean, resolve: (s: ReceivedSpan[]) => void }> = []
   const hanging: ServerResponse[] = []
@@ -137,7 +138,7 @@ export async function startOtlpReceiver (): Promise<OtlpReceiver> {
     sockets.add(s)
     s.on('close', () => sockets.delete(s))
   })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', () => resolve()))
   rx.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`
   return rx
 }
