@@ -22,16 +22,15 @@ export interface TracingPluginOptions {
 
 export default fp<TracingPluginOptions>(async function tracingPlugin (fastify: FastifyInstance, opts) {
   const tracing = opts.tracing
-  fastify.addHook('onRequest', function (request, _reply, done) {
+  fastify.addHook('onRequest', function (request, reply, done) {
     const t = tracing.start(request.method, request.routeOptions.config.label ?? 'unmatched', request.headers)
     request.trace = t
     // Made on first use, like the request's own logger: nothing is serialised unless it logs.
     if (t.ids !== null) request.log = lazyChildLogger(request.log, t.ids, {})
-    done()
-  })
-  fastify.addHook('onResponse', function (request, reply, done) {
-    const t = request.trace
-    if (t !== null) tracing.finish(t, reply.statusCode)
+    // 'close', not onResponse: fastify runs onResponse only for an answer
+    // that finished, and a span must end for a cut or abandoned one too.
+    const res = reply.raw
+    res.once('close', () => tracing.finish(t, res.statusCode, !res.writableFinished))
     done()
   })
 }, { name: 'gateway-tracing', dependencies: ['gateway-request-log'] })

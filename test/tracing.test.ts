@@ -235,6 +235,29 @@ t.test('an aggregate: one INTERNAL span per section under the SERVER span, each 
   t.equal(clients.find((s) => s.attributes['gateway.service'] === 'review')?.attributes['error.type'], '500')
 })
 
+t.test('a client that goes away before the answer: its SERVER span still ends, marked aborted', async (t) => {
+  const rx = await startOtlpReceiver()
+  let release: (() => void) | null = null
+  const up = await startUpstream('slow', (_req, res) => { release = () => json(res, 200, { late: true }) })
+  const g = await startGateway({
+    tracing: tracing(rx),
+    services: { product: fastService({ primary: up.url }, { timeoutMs: 10000 }) },
+    routes: [{ type: 'proxy', prefix: '/api', service: 'product', rewritePrefix: '' }]
+  })
+  t.teardown(async () => { release?.(); await g.close(); await up.close(); await rx.close() })
+  const ac = new AbortController()
+  const pending = request(`${g.url}/api/slow`, { signal: ac.signal }).catch((err: unknown) => err)
+  const deadline = Date.now() + 10000
+  while (up.requests.length === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10))
+  const traceId = parentOf(up).traceId
+  ac.abort()
+  await pending
+  const spans = await rx.waitFor((s) => byKind(s, traceId, 'SERVER').length === 1)
+  const server = byKind(spans, traceId, 'SERVER')[0]!
+  t.equal(server.attributes['gateway.aborted'], true, 'the SERVER span says the answer never completed')
+  t.equal(server.statusCode, 2)
+})
+
 t.test('protocol http/protobuf: spans arrive protobuf-encoded', async (t) => {
   const rx = await startOtlpReceiver()
   const up = await startUpstream('product')

@@ -92,7 +92,7 @@ export async function startTracing (config: TracingConfig, deps: TracingDeps): P
   deps.registry.on('failover', onFailover)
   return {
     start: (method, route, headers) => otel.start(method, route, headers),
-    finish: (t, status) => otel.finish(t as ServerTrace, status),
+    finish: (t, status, aborted) => otel.finish(t as ServerTrace, status, aborted),
     async shutdown () {
       deps.registry.off('failover', onFailover)
       let timer: NodeJS.Timeout | undefined
@@ -125,11 +125,15 @@ class Otel {
     return t
   }
 
-  finish (t: ServerTrace, status: number): void {
+  finish (t: ServerTrace, status: number, aborted: boolean): void {
     if (t.recording) {
       this.inflight.delete(t)
       t.span.setAttribute('http.response.status_code', status)
-      if (status >= 500) {
+      if (aborted) {
+        t.span.setAttribute('gateway.aborted', true)
+        t.span.setAttribute('error.type', 'aborted')
+        t.span.setStatus({ code: SpanStatusCode.ERROR, message: 'the answer was cut or the client went away' })
+      } else if (status >= 500) {
         t.span.setAttribute('error.type', String(status))
         t.span.setStatus({ code: SpanStatusCode.ERROR })
       }

@@ -59,8 +59,8 @@ export interface RequestTrace extends TraceScope {
 export interface Tracing {
   /** Starts a request's SERVER span, continuing the caller's W3C trace context when it sent one. */
   start(method: string, route: string, headers: Readonly<Record<string, string | string[] | undefined>>): RequestTrace
-  /** Ends the SERVER span with the status sent. */
-  finish(trace: RequestTrace, statusCode: number): void
+  /** Ends the SERVER span with the status sent; `aborted` when the answer was cut or never completed. */
+  finish(trace: RequestTrace, statusCode: number, aborted: boolean): void
   /** Exports what is queued (bounded in time) and stops. */
   shutdown(): Promise<void>
 }
