@@ -24,6 +24,7 @@ import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 import type { AdminChange } from './cluster.js'
+import type { Tracing } from './tracing/types.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -31,6 +32,8 @@ export interface Gateway {
   registry: Registry
   metrics: Metrics
   logger: Logger
+  /** OpenTelemetry tracing (src/tracing); null when `tracing.otlpEndpoint` is not set. */
+  tracing: Tracing | null
   /** Called once both listeners accept connections (flips `/healthz`). */
   markListening(): void
   /** Starts health checks (and Lattice resolution). */
@@ -137,6 +140,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     registry,
     metrics,
     logger,
+    tracing,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
