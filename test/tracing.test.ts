@@ -10,6 +10,7 @@ import { request } from 'undici'
 import { startUpstream, deadPort, json, type TestUpstream } from './helpers/upstream.js'
 import { startGateway, fastService, type TestGateway } from './helpers/gateway.js'
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js'
+import { validateConfig, ConfigError } from '../src/config/load.js'
 
 const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])$/
 
@@ -298,4 +299,25 @@ t.test('tracing off (the default): no trace headers are added, the access line h
   t.equal(up.requests[1]?.headers.traceparent, tp)
   const metrics = await (await request(`${g.adminUrl}/metrics`)).body.text()
   t.notMatch(metrics, /gateway_trace_spans_dropped_total/, 'no tracing metrics without tracing')
+})
+
+t.test('config: tracing is off by default; its keys are checked with their paths', async (t) => {
+  const base = { services: { a: { origins: { primary: 'http://127.0.0.1:1' } } } }
+  t.strictSame(validateConfig(base).tracing, {
+    otlpEndpoint: '', protocol: 'http/json', serviceName: 'lattice-gateway', sampleRatio: 1, headers: {}, maxQueueSize: 2048, batchDelayMs: 1000, exportTimeoutMs: 10000
+  }, 'the defaults: no endpoint, so tracing is off')
+  t.equal(validateConfig({ ...base, tracing: { otlpEndpoint: 'https://collector:4318/v1/traces', sampleRatio: 0.25 } }).tracing.sampleRatio, 0.25)
+  const issues = (tracing: unknown): string[] => {
+    try {
+      validateConfig({ ...base, tracing })
+      return []
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err
+      return err.issues.map((i) => i.path)
+    }
+  }
+  t.strictSame(issues({ otlpEndpoint: 'collector:4318' }), ['tracing.otlpEndpoint'], 'an endpoint that is not an http(s) URL')
+  t.strictSame(issues({ sampleRatio: 1.5 }), ['tracing.sampleRatio'])
+  t.strictSame(issues({ protocol: 'grpc' }), ['tracing.protocol'], 'only the OTLP/HTTP encodings')
+  t.strictSame(issues({ sampleRate: 0.1 }), ['tracing.sampleRate'], 'a typo is an unknown key')
 })
