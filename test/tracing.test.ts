@@ -259,6 +259,28 @@ t.test('a client that goes away before the answer: its SERVER span still ends, m
   t.equal(server.statusCode, 2)
 })
 
+t.test('a traced request\'s own error line carries its trace_id and span_id too, once each', async (t) => {
+  const rx = await startOtlpReceiver()
+  const dead = await deadPort()
+  const g = await startGateway({
+    tracing: tracing(rx),
+    services: { product: fastService({ primary: `http://127.0.0.1:${dead}` }) },
+    routes: [{ type: 'proxy', prefix: '/api', service: 'product', rewritePrefix: '' }]
+  })
+  t.teardown(async () => { await g.close(); await rx.close() })
+  const r = await get(`${g.url}/api/x`)
+  t.equal(r.status, 502)
+  const access = await accessLine(g, r.requestId)
+  const error = await g.waitForLog((l) => l.level === 50 && l.reqId === r.requestId)
+  t.match(access.trace_id, /^[0-9a-f]{32}$/)
+  t.equal(error.trace_id, access.trace_id, 'the error line names the same trace')
+  t.equal(error.span_id, access.span_id, 'and the SERVER span')
+  const spans = await rx.waitFor((s) => s.some((x) => x.traceId === access.trace_id && x.kind === 'SERVER'))
+  const server = spans.find((x) => x.traceId === access.trace_id && x.kind === 'SERVER')!
+  t.equal(server.spanId, access.span_id)
+  t.equal(server.attributes['error.type'], '502')
+})
+
 t.test('protocol http/protobuf: spans arrive protobuf-encoded', async (t) => {
   const rx = await startOtlpReceiver()
   const up = await startUpstream('product')
