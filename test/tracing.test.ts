@@ -146,6 +146,26 @@ t.test('sampleRatio 0: new traces are not recorded, yet every upstream call carr
   t.equal(rx.spans.filter((s) => s.traceId !== kept).length, 0, 'only the caller-sampled trace was exported')
 })
 
+t.test('an unsampled aggregate: every section call still carries the trace, each with a span id of its own', async (t) => {
+  const rx = await startOtlpReceiver()
+  const a = await startUpstream('a')
+  const b = await startUpstream('b')
+  const g = await startGateway({
+    tracing: tracing(rx, { sampleRatio: 0 }),
+    services: { a: fastService({ primary: a.url }), b: fastService({ primary: b.url }) },
+    routes: [{ type: 'aggregate', path: '/both/:id', sections: { a: { service: 'a', path: '/a/{id}' }, b: { service: 'b', path: '/b/{id}' } } }]
+  })
+  t.teardown(async () => { await g.close(); await a.close(); await b.close(); await rx.close() })
+  const r = await get(`${g.url}/both/1`)
+  t.equal(r.status, 200)
+  const pa = parentOf(a)
+  const pb = parentOf(b)
+  t.equal(pa.traceId, pb.traceId, 'one trace')
+  t.not(pa.parentId, pb.parentId, 'each attempt has its own span id')
+  t.equal(pa.flags, '00')
+  t.notOk('trace_id' in await accessLine(g, r.requestId))
+})
+
 t.test('a retry to the secondary: two CLIENT spans, the failed one with its error; the switch it caused is an event on the SERVER span', async (t) => {
   const rx = await startOtlpReceiver()
   const secondary = await startUpstream('secondary')

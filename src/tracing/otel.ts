@@ -201,8 +201,21 @@ class ServerTrace implements RequestTrace {
   }
 
   section (key: string): SectionSpan {
-    return new SectionTrace(this.#otel, this, key)
+    // An unsampled request records no section span: its attempts hang from the SERVER span's context.
+    return this.recording ? new SectionTrace(this.#otel, this, key) : new UnrecordedSection(this)
   }
+}
+
+/** A section of an unsampled request: nothing to record, attempts still get their own span ids. */
+class UnrecordedSection implements SectionSpan {
+  readonly #root: ServerTrace
+  constructor (root: ServerTrace) { this.#root = root }
+  attempt (origin: Origin, kind: AttemptKind, method: string, headers: Record<string, string | string[]>): AttemptSpan {
+    return this.#root.attempt(origin, kind, method, headers)
+  }
+
+  cache (): void {}
+  end (): void {}
 }
 
 class SectionTrace implements SectionSpan {
@@ -217,7 +230,7 @@ class SectionTrace implements SectionSpan {
     this.#root = root
     this.#span = otel.tracer.startSpan(`section ${key}`, { kind: SpanKind.INTERNAL }, root.ctx)
     this.#ctx = trace.setSpan(root.ctx, this.#span)
-    if (root.recording) this.#span.setAttribute('gateway.section', key)
+    this.#span.setAttribute('gateway.section', key)
   }
 
   attempt (origin: Origin, kind: AttemptKind, method: string, headers: Record<string, string | string[]>): AttemptSpan {
@@ -227,10 +240,8 @@ class SectionTrace implements SectionSpan {
   cache (result: string): void { this.#cache = result }
 
   end (outcome: string): void {
-    if (this.#root.recording) {
-      this.#span.setAttributes({ 'gateway.outcome': outcome, 'gateway.cache': this.#cache })
-      if (outcome !== 'ok' && outcome !== 'cancelled') this.#span.setStatus({ code: SpanStatusCode.ERROR })
-    }
+    this.#span.setAttributes({ 'gateway.outcome': outcome, 'gateway.cache': this.#cache })
+    if (outcome !== 'ok' && outcome !== 'cancelled') this.#span.setStatus({ code: SpanStatusCode.ERROR })
     this.#span.end()
   }
 }
