@@ -44,7 +44,7 @@ t.test('collector unreachable: every request answers 200, every span is counted 
   const up = await startUpstream('product')
   const port = await deadPort()
   const g = await startGateway({
-    tracing: { otlpEndpoint: `http://127.0.0.1:${port}/v1/traces`, batchDelayMs: 20, exportTimeoutMs: 300 },
+    tracing: { otlpEndpoint: `http://otlp:s3cret@127.0.0.1:${port}/v1/traces`, batchDelayMs: 20, exportTimeoutMs: 300 },
     services: { product: fastService({ primary: up.url }) },
     routes: [{ type: 'proxy', prefix: '/api', service: 'product', rewritePrefix: '' }]
   })
@@ -60,6 +60,8 @@ t.test('collector unreachable: every request answers 200, every span is counted 
   t.equal(c.exported, 0)
   const failing = await g.waitForLog((l) => l.event === 'trace_export' && l.healthy === false)
   t.equal(failing.level, 40, 'a warning')
+  t.equal(failing.endpoint, `http://127.0.0.1:${port}/v1/traces`, 'naming the endpoint without its credentials')
+  t.notMatch(JSON.stringify(g.logs), /s3cret/, 'no log line carries the password')
   t.equal(g.logs.filter((l) => l.event === 'trace_export').length, 1, 'one line for the failing state, not one per batch')
 
   // The collector comes back where it was.

@@ -63,11 +63,12 @@ export async function startTracing (config: TracingConfig, deps: TracingDeps): P
   const droppedBy = new Map(DROP_REASONS.map((r) => [r, dropped.labels(r)]))
   for (const c of droppedBy.values()) c.inc(0)
   const log = deps.logger
+  const endpoint = withoutCredentials(config.otlpEndpoint)
   const queue = new ExportQueue(config.maxQueueSize, {
     dropped: (reason, n) => droppedBy.get(reason)!.inc(n),
     exported: (n) => exported.inc(n),
     // A transition, logged once: never a line per failed batch.
-    health: (healthy, reason) => log.warn({ event: 'trace_export', healthy, from: healthy ? 'failing' : 'ok', to: healthy ? 'ok' : 'failing', endpoint: config.otlpEndpoint, reason }, healthy ? 'trace export recovered' : `trace export failing: ${reason}`)
+    health: (healthy, reason) => log.warn({ event: 'trace_export', healthy, from: healthy ? 'failing' : 'ok', to: healthy ? 'ok' : 'failing', endpoint, reason }, healthy ? 'trace export recovered' : `trace export failing: ${reason}`)
   })
   const exporter: SpanExporter = new OTLPTraceExporter({
     url: config.otlpEndpoint,
@@ -289,4 +290,16 @@ function withTraceContext (headers: Record<string, string | string[]>, sc: SpanC
   if (state !== undefined && state !== '') out.tracestate = state
   else if (out.tracestate !== undefined) delete out.tracestate
   return out
+}
+
+/** The endpoint for log lines: a `user:password@` in it is never written. */
+function withoutCredentials (url: string): string {
+  try {
+    const u = new URL(url)
+    u.username = ''
+    u.password = ''
+    return u.href
+  } catch {
+    return '[invalid url]'
+  }
 }
