@@ -433,6 +433,8 @@ export interface GatewayOptions {
   /** Wait for /readyz 200 (every service has a healthy origin). Default true. */
   waitReady?: boolean
   timeoutMs?: number
+  /** Another build's main.js (e.g. a checkout of an earlier commit), instead of dist/src/main.js. */
+  main?: string
 }
 
 /**
@@ -454,7 +456,7 @@ export async function startGateway (config: Record<string, unknown>, opts: Gatew
   const admin = { ...(config.admin as object | undefined), host: '127.0.0.1', port: 0 }
   writeFileSync(configFile, JSON.stringify({ ...config, server, admin }, null, 2))
 
-  const main = join(DIST, 'src', 'main.js')
+  const main = opts.main ?? join(DIST, 'src', 'main.js')
   if (!existsSync(main)) throw new Error(`${main} is missing: run \`npm run build\``)
   const watchdog = join(DIST, 'bench', 'parent-watch.js')
   const preload = existsSync(watchdog) ? ['--import', watchdog] : []

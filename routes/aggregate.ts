@@ -30,7 +30,7 @@ export default async function aggregateRoute (fastify: FastifyInstance, opts: Ag
 
   async function handler (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
     const headers = sectionHeaders(plan, request.headers, request.id, request.ip, request.protocol)
-    const r = await execute(plan, request.params as Record<string, string | undefined>, request.headers, headers)
+    const r = await execute(plan, request.params as Record<string, string | undefined>, request.headers, headers, request.trace)
     request.upstream = r.upstream
     if (!r.ok) throw r.error
     reply.header('content-type', CONTENT_TYPE)

@@ -58,7 +58,7 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
 
     let res: UpstreamResponse
     try {
-      res = await service.send({ method: request.method, path, headers, body }, request.headers)
+      res = await service.send({ method: request.method, path, headers, body, trace: request.trace }, request.headers)
     } catch (err) {
       throw upstreamFailure(err, service.name)
     }

@@ -18,6 +18,7 @@ import { Metrics } from './metrics.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
+import tracingPlugin from '../plugins/tracing.js'
 import limits, { frontDoor } from '../plugins/limits.js'
 import overload from '../plugins/overload.js'
 import methods from '../plugins/methods.js'
@@ -25,6 +26,7 @@ import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
+import type { Tracing } from './tracing/types.js'
 import type { ControlPlane } from './fleet/control.js'
 import type { FleetEvents } from './fleet/fleet.js'
 import { LocalControlPlane } from './fleet/local.js'
@@ -36,6 +38,8 @@ export interface Gateway {
   registry: Registry
   metrics: Metrics
   logger: Logger
+  /** OpenTelemetry tracing (src/tracing); null when `tracing.otlpEndpoint` is not set. */
+  tracing: Tracing | null
   /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
   control: ControlPlane
   /** Called once both listeners accept connections (flips `/healthz`). */
@@ -74,6 +78,10 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
+  // Tracing (SPEC §13): the OpenTelemetry SDK is loaded only when an OTLP endpoint is set.
+  const tracing = config.tracing.otlpEndpoint === ''
+    ? null
+    : await (await import('./tracing/otel.js')).startTracing(config.tracing, { registry, metrics: metrics.registry, logger })
   // Fleet (src/fleet/fleet.ts): loaded only when configured, like the AWS SDK.
   const custom = opts.controlPlane?.(registry) ?? null
   const fleet = config.fleet === undefined || custom !== null
@@ -103,6 +111,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   })
   await app.register(errors)
   await app.register(requestLog, { metrics, redactQueryParams: config.server.redactQueryParams })
+  if (tracing !== null) await app.register(tracingPlugin, { tracing })
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
   // Edge authentication and rate limits (SPEC §14): a hook per route that has them.
@@ -132,6 +141,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     registry,
     metrics,
     logger,
+    tracing,
     control,
     markListening () { phase = 'ok' },
     start () {
@@ -144,6 +154,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       phase = 'stopping'
       await app.close()
       await admin.close()
+      await tracing?.shutdown()
       await control.close()
       guards.close()
       // Lattice first: no address may be set on an origin being closed.

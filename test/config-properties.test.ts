@@ -28,7 +28,7 @@ import type { TSchema } from '@sinclair/typebox'
 import { validateConfig, loadConfigFile, substituteEnv, ConfigError, type ConfigIssue } from '../src/config/load.js'
 import {
   TopSchema, ServerSchema, AdminSchema, LatticeSchema, ServiceSchema, DeploymentSchema, LatticeOriginSchema,
-  ProxyRouteSchema, AggregateRouteSchema, SectionSchema
+  ProxyRouteSchema, AggregateRouteSchema, SectionSchema, TracingSchema
 } from '../src/config/schema.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-config-props-'))
@@ -271,6 +271,7 @@ function configModel (raw: Obj): Obj {
     server: withDefaults(sch(ServerSchema), (raw.server ?? {}) as Obj),
     admin: withDefaults(sch(AdminSchema), (raw.admin ?? {}) as Obj),
     lattice: withDefaults(sch(LatticeSchema), (raw.lattice ?? {}) as Obj),
+    tracing: withDefaults(sch(TracingSchema), (raw.tracing ?? {}) as Obj),
     services: Object.fromEntries(Object.entries(raw.services as Record<string, Obj>).map(([n, s]) => [n, serviceModel(s)])),
     routes: ((raw.routes ?? []) as Obj[]).map(routeModel)
   }

@@ -28,6 +28,7 @@ import type { UpstreamBody } from '../upstream/upstream-body.js'
 import { Cancellation } from '../upstream/cancel.js'
 import { fillTemplate, type AggregatePlan, type SectionOutcome, type SectionPlan } from './plan.js'
 import { isJsonText } from './json-check.js'
+import type { RequestTrace, SectionSpan } from '../tracing/types.js'
 
 /** What one section produced. */
 export interface SectionResult {
@@ -72,7 +73,7 @@ export function sectionHeaders (plan: AggregatePlan, client: IncomingHttpHeaders
 }
 
 /** Runs the plan; never rejects. */
-export function execute (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>): Promise<FanoutResult> {
+export function execute (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, trace: RequestTrace | null = null): Promise<FanoutResult> {
   // Every section path is filled before anything is sent: a parameter that
   // would make a "." or ".." segment refuses the request (plan.ts fillTemplate).
   const paths: string[] = []
@@ -82,7 +83,7 @@ export function execute (plan: AggregatePlan, params: Readonly<Record<string, st
     paths.push(path)
   }
   return new Promise((resolve) => {
-    new Fanout(plan, paths, clientHeaders, headers, resolve).start()
+    new Fanout(plan, paths, clientHeaders, headers, resolve, trace).start()
   })
 }
 
@@ -106,8 +107,11 @@ class Fanout {
   #done = false
   #deadlinePassed = false
   #timer: NodeJS.Timeout | null = null
+  /** Tracing: the request's trace, parent of one span per section; null when not traced. */
+  readonly #trace: RequestTrace | null
 
-  constructor (plan: AggregatePlan, paths: readonly string[], clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, resolve: (r: FanoutResult) => void) {
+  constructor (plan: AggregatePlan, paths: readonly string[], clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, resolve: (r: FanoutResult) => void, trace: RequestTrace | null = null) {
+    this.#trace = trace
     this.#plan = plan
     this.#paths = paths
     this.#clientHeaders = clientHeaders
@@ -122,6 +126,10 @@ class Fanout {
     const sections = this.#plan.sections
     for (let i = 0; i < sections.length; i++) {
       const s = sections[i]!
+      if (this.#trace !== null) {
+        traceSection(this, s, this.#paths[i]!, this.#trace.section(s.key)).then((r) => this.#settle(s, r))
+        continue
+      }
       fetchSection(this, s, this.#paths[i]!).then((r) => this.#settle(s, r), (err: unknown) => this.#settle(s, failed('error', err, null, 0)))
     }
   }
@@ -223,11 +231,23 @@ class Fanout {
 
 function onDeadline (f: Fanout): void { f.deadline() }
 
+/** A traced section: its INTERNAL span ends with the section's outcome. */
+async function traceSection (f: Fanout, s: SectionPlan, path: string, span: SectionSpan): Promise<SectionResult> {
+  let r: SectionResult
+  try {
+    r = await fetchSection(f, s, path, span)
+  } catch (err) {
+    r = failed('error', err, null, 0)
+  }
+  span.end(r.outcome)
+  return r
+}
+
 /** Fetches one section through its service; resolves with what happened, never rejects. */
-async function fetchSection (f: Fanout, s: SectionPlan, path: string): Promise<SectionResult> {
+async function fetchSection (f: Fanout, s: SectionPlan, path: string, trace: SectionSpan | null = null): Promise<SectionResult> {
   let res: UpstreamResponse
   try {
-    res = await s.service.send({ method: 'GET', path, headers: f.headers, body: null, signal: f.signal }, f.clientHeaders)
+    res = await s.service.send({ method: 'GET', path, headers: f.headers, body: null, signal: f.signal, trace }, f.clientHeaders)
   } catch (err) {
     return failed(errorOutcome(f, err), err, null, 0)
   }

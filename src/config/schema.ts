@@ -231,11 +231,31 @@ export const FleetSchema = closed({
   heartbeatMs: Ms(10, 1000)
 })
 
+// --- tracing (SPEC §13; README "Observability") ---
+export const TracingSchema = closed({
+  /** The collector's OTLP/HTTP traces URL; empty (the default): tracing off, the SDK never loaded. */
+  otlpEndpoint: Type.String({ default: '', pattern: '^(https?://.+)?$' }),
+  protocol: Type.Union([Type.Literal('http/json'), Type.Literal('http/protobuf')], { default: 'http/json' }),
+  serviceName: Type.String({ minLength: 1, default: 'lattice-gateway' }),
+  /** Share of new traces recorded; a caller's sampled traceparent is always kept. */
+  sampleRatio: Type.Number({ minimum: 0, maximum: 1, default: 1 }),
+  /** Headers sent to the collector (e.g. an API key). */
+  headers: Type.Record(Type.String(), Type.String(), { default: {} }),
+  /** Ended spans waiting for export; one more is dropped and counted. */
+  maxQueueSize: Type.Integer({ minimum: 1, default: 2048 }),
+  /** How long an ended span waits for its batch to fill before it is exported. */
+  batchDelayMs: Ms(1, 1000),
+  /** One export, retries included, before its batch counts as dropped. */
+  exportTimeoutMs: Ms(1, 10000)
+}, { default: {} })
+// --- end tracing ---
+
 export const TopSchema = closed({
   server: ServerSchema,
   admin: AdminSchema,
   lattice: LatticeSchema,
   fleet: Type.Optional(FleetSchema),
+  tracing: TracingSchema,
   services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {}, additionalProperties: false }),
   routes: Type.Array(Type.Unknown(), { default: [] }),
   /** Edge authentication (SPEC §14): checked by the loader part by part. */
@@ -246,6 +266,7 @@ export type ServerConfig = Static<typeof ServerSchema> & { logLevel: string }
 export type AdminConfig = Static<typeof AdminSchema>
 export type LatticeConfig = Static<typeof LatticeSchema>
 export type FleetConfig = Static<typeof FleetSchema>
+export type TracingConfig = Static<typeof TracingSchema>
 export type LatticeOrigin = Static<typeof LatticeOriginSchema>['lattice']
 type ServiceRaw = Static<typeof ServiceSchema>
 export type ProxyRoute = Static<typeof ProxyRouteSchema>
@@ -289,6 +310,7 @@ export interface GatewayConfig {
   lattice: LatticeConfig
   /** Absent: each process keeps its own control state. */
   fleet?: FleetConfig
+  tracing: TracingConfig
   services: Record<string, ServiceConfig>
   routes: RouteConfig[]
   /** Edge authentication (SPEC §14); absent when the file has no `auth`. */

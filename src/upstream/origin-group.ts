@@ -22,6 +22,7 @@ import { GatewayError, classifyUpstreamError, errorCode } from '../errors.js'
 import type { Origin, OriginRole, OriginHealthEvent } from './origin.js'
 import { UpstreamBody } from './upstream-body.js'
 import type { CancelSignal } from './cancel.js'
+import type { AttemptKind, TraceScope } from '../tracing/types.js'
 
 export type FailoverKind = 'retry' | 'switch' | 'failback'
 
@@ -59,6 +60,10 @@ export interface UpstreamRequest {
   body: RequestBody | null
   /** The caller's deadline (aggregate routes); aborting it stops everything. */
   signal?: CancelSignal
+  /** Tracing: where this request's CLIENT spans hang; absent or null when not traced. */
+  trace?: TraceScope | null
+  /** Why the first attempt is made (`gateway.attempt`); default `first` (the second is always `retry`). */
+  attempt?: AttemptKind
 }
 
 export interface UpstreamResponse {
@@ -196,7 +201,7 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
 }
 
 /** One attempt on one origin, bounded by the service's `timeoutMs` of the origin's time, from connect to the answer's last byte. */
-async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean): Promise<UpstreamResponse> {
+async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean, kind: AttemptKind = retried ? 'retry' : req.attempt ?? 'first'): Promise<UpstreamResponse> {
   const dispatcher = origin.dispatcher
   if (dispatcher === null) {
     origin.report('connect_error')
@@ -212,6 +217,9 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
     throw new GatewayError('GW_OVERLOADED', `service ${origin.service} has too many requests waiting`, { headers: { 'retry-after': String(Math.max(1, Math.ceil(policy.timeoutMs / 1000))) } })
   }
   origin.inFlight++
+  // Tracing (SPEC §13): this attempt's CLIENT span, and its headers with the
+  // span's traceparent — set before dispatch, so a signing interceptor sees them.
+  const span = req.trace == null ? null : req.trace.attempt(origin, kind, req.method, req.headers)
   return new Promise<UpstreamResponse>((resolve, reject) => {
     const body = new UpstreamBody()
     let controller: Dispatcher.DispatchController | null = null
@@ -252,11 +260,13 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (finished) return
       finished = true
       origin.inFlight--
+      if (span !== null) span.end()
       disarm()
       caller?.removeEventListener('abort', onCallerAbort)
     }
     body.onFinish(done)
     const failed = (err: Error): void => {
+      if (span !== null) span.fail(err)
       done()
       // A request body that failed on its own (too large) is not the origin's fault.
       if (!isOwnError(err)) {
@@ -274,6 +284,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
         responded = true
         body.attach(c)
         origin.report(statusCode >= 500 ? 'error_status' : 'ok')
+        if (span !== null) span.response(statusCode)
         resolve({ statusCode, headers, body, origin, retried })
       },
       onResponseData (_c, chunk) { body.push(chunk) },
@@ -286,6 +297,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
           failed(err)
           return
         }
+        if (span !== null) span.fail(err)
         done()
         body.fail(err)
       }
@@ -294,7 +306,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       dispatcher.dispatch({
         method: req.method as Dispatcher.HttpMethod,
         path: req.path,
-        headers: req.headers,
+        headers: span === null ? req.headers : span.headers,
         body: payload
       }, handler)
     } catch (err) {
