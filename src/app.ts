@@ -115,7 +115,11 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
   // Edge authentication and rate limits (SPEC §14): a hook per route that has them.
-  const guards = createRouteGuards(config, { metrics, logger, liveReplicas: opts.liveReplicas })
+  // With fleet, rate limits split over the live replicas (SPEC §14): the count
+  // the fleet's heartbeats report, kept as a plain number for the request path.
+  let live = 1
+  if (control.fleet !== undefined && control instanceof EventEmitter) (control as EventEmitter<FleetEvents>).on('replicas', (n: number) => { live = n })
+  const guards = createRouteGuards(config, { metrics, logger, liveReplicas: opts.liveReplicas ?? (control.fleet === undefined ? undefined : () => live) })
   for (const route of config.routes) {
     if (route.type === 'proxy') {
       await app.register(guards.wrap(route, proxyRoute), { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs })
