@@ -13,6 +13,7 @@ import type { LatticeOptions } from './lattice/resolver.js'
 import { usesLattice } from './lattice/uses.js'
 import { lazyChildLogger } from './child-logger.js'
 import { Metrics } from './metrics.js'
+import { ResponseCache, usesCache } from './cache/store.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
@@ -49,6 +50,8 @@ export interface BuildOptions extends RegistryOptions {
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
   // --- end multi-core ---
+  /** The response cache's clock (ms); default Date.now. Tests move time with it. */
+  cacheClock?: () => number
 }
 
 /** Secrets never written to logs, wherever they appear. */
@@ -108,11 +111,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await app.register(requestLog, { metrics })
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
+  // The response cache (SPEC §12): one per process, only when some route or section caches.
+  const cache = config.server.cacheMaxBytes > 0 && usesCache(config) ? new ResponseCache(config.server.cacheMaxBytes, opts.cacheClock) : null
   for (const route of config.routes) {
     if (route.type === 'proxy') {
       await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
     } else {
-      await app.register(aggregateRoute, { route, registry, metrics })
+      await app.register(aggregateRoute, { route, registry, metrics, cache })
     }
   }
 

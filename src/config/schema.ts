@@ -49,6 +49,8 @@ export const ServerSchema = closed({
   // --- end hardening ---
   /** Worker processes sharing the public port (node:cluster); `auto`: one per core. 1: no cluster at all. */
   workers: Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('auto')], { default: 1 }),
+  /** Bytes of answers the response cache (SPEC §12) may hold in this process; least recently used out first. */
+  cacheMaxBytes: Type.Integer({ minimum: 0, default: 64 * 1024 * 1024 }),
   logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })
 }, { default: {} })
 
@@ -120,19 +122,48 @@ export const ServiceSchema = closed({
   }))
 })
 
+/** `cache:` on an aggregate section or a proxy route (SPEC §12). */
+export const CacheSchema = closed({
+  /** How long a stored answer is served without an upstream call (capped by the upstream's `max-age`). */
+  ttlMs: Type.Integer({ minimum: 1 }),
+  /** How long past `ttlMs` a stored answer is served when every origin failed. */
+  staleIfErrorMs: Type.Integer({ minimum: 0, default: 0 }),
+  /** Request headers whose values are part of the key. */
+  vary: Type.Array(Type.String({ minLength: 1 }), { default: [], uniqueItems: true }),
+  /** A larger answer is not stored. */
+  maxEntryBytes: Type.Integer({ minimum: 1, default: 1048576 })
+})
+
 export const ProxyRouteSchema = closed({
   type: Type.Literal('proxy'),
   prefix: Type.String({ pattern: '^/' }),
   service: Type.String({ minLength: 1 }),
   rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$' })),
   /** An upstream answer larger than this is refused (502) or cut; 0: no limit (answers stream, memory stays bounded). */
-  maxResponseBytes: Type.Integer({ minimum: 0, default: 0 })
+  maxResponseBytes: Type.Integer({ minimum: 0, default: 0 }),
+  /** GET/HEAD 200 answers stored and served again (SPEC §12). */
+  cache: Type.Optional(CacheSchema)
 })
+
+/** A dotted path into a JSON value: `a`, `a.b.c` (no empty segment). */
+const DOTTED = '^[^.]+(\\.[^.]+)*$'
 
 export const SectionSchema = closed({
   service: Type.String({ minLength: 1 }),
   path: Type.String({ pattern: '^/' }),
-  required: Type.Boolean({ default: false })
+  required: Type.Boolean({ default: false }),
+  // --- SPEC §12: shaping, cache, coalescing, hedging ---
+  /** The value at this dotted path becomes the section (null when absent). */
+  pick: Type.Optional(Type.String({ pattern: DOTTED })),
+  /** Only these dotted paths of the object (or of each object of an array), nested as they were. */
+  select: Type.Optional(Type.Array(Type.String({ pattern: DOTTED }), { minItems: 1, uniqueItems: true })),
+  /** Top-level keys renamed, old: new. */
+  rename: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ minLength: 1 }))),
+  cache: Type.Optional(CacheSchema),
+  /** Concurrent identical calls share one upstream call. */
+  coalesce: Type.Boolean({ default: true }),
+  /** A second attempt to the other healthy origin when the first has not answered after this many ms. */
+  hedgeAfterMs: Type.Optional(Type.Integer({ minimum: 1 }))
 }, { default: {} }) // a default marks it for TypeBox to fill defaults inside Record values
 
 export const AggregateRouteSchema = closed({
@@ -144,6 +175,8 @@ export const AggregateRouteSchema = closed({
   forwardHeaders: Type.Array(Type.String({ minLength: 1 }), { default: ['authorization', 'accept-language'] }),
   /** A section answer larger than this is a failed section. */
   maxSectionBytes: Type.Integer({ minimum: 1, default: 1048576 }),
+  /** Clients may name the sections and paths they want with `?fields=` (SPEC §12). */
+  fields: Type.Boolean({ default: false }),
   sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false })
 })
 
@@ -163,6 +196,7 @@ type ServiceRaw = Static<typeof ServiceSchema>
 export type ProxyRoute = Static<typeof ProxyRouteSchema>
 export type AggregateRoute = Static<typeof AggregateRouteSchema>
 export type SectionConfig = Static<typeof SectionSchema>
+export type CacheConfig = Static<typeof CacheSchema>
 export type RouteConfig = ProxyRoute | AggregateRoute
 
 /** One deployment after validation: a primary and an optional secondary. */
