@@ -115,7 +115,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const cache = config.server.cacheMaxBytes > 0 && usesCache(config) ? new ResponseCache(config.server.cacheMaxBytes, opts.cacheClock) : null
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
+      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, cache, metrics })
     } else {
       await app.register(aggregateRoute, { route, registry, metrics, cache })
     }
