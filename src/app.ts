@@ -6,12 +6,13 @@
  */
 import { randomUUID } from 'node:crypto'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
-import pino, { type Logger } from 'pino'
+import type { Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
-import { Registry, type RegistryOptions } from './upstream/registry.js'
+import { Registry, type AdminChange, type RegistryOptions, type WorkersReport } from './upstream/registry.js'
 import type { LatticeOptions } from './lattice/resolver.js'
 import { usesLattice } from './lattice/uses.js'
 import { lazyChildLogger } from './child-logger.js'
+import { createLogger, logTransitions } from './log.js'
 import { Metrics } from './metrics.js'
 import { ResponseCache, usesCache } from './cache/store.js'
 import { acceptRequestId } from './http.js'
@@ -19,11 +20,13 @@ import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
 import limits, { frontDoor } from '../plugins/limits.js'
 import overload from '../plugins/overload.js'
+import methods from '../plugins/methods.js'
 import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
-import type { AdminChange } from './cluster.js'
+import type { ControlPlane } from './fleet/control.js'
+import { LocalControlPlane } from './fleet/local.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -31,6 +34,8 @@ export interface Gateway {
   registry: Registry
   metrics: Metrics
   logger: Logger
+  /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
+  control: ControlPlane
   /** Called once both listeners accept connections (flips `/healthz`). */
   markListening(): void
   /** Starts health checks (and Lattice resolution). */
@@ -46,34 +51,12 @@ export interface BuildOptions extends RegistryOptions {
   lattice?: LatticeOptions
   // --- multi-core (src/cluster.ts): set in cluster workers only ---
   /** Awaited after an admin call changed state here: applies the change in every other worker. */
-  adminChange?: (change: AdminChange) => Promise<void>
+  adminChange?: (change: AdminChange) => Promise<WorkersReport | undefined>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
   // --- end multi-core ---
   /** The response cache's clock (ms); default Date.now. Tests move time with it. */
   cacheClock?: () => number
-}
-
-/** Secrets never written to logs, wherever they appear. */
-export const REDACT = [
-  'req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]',
-  'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie',
-  'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken',
-  // Hardening: raw bytes carried by parser errors (an upstream's answer, a client's request).
-  'err.data', 'err.rawPacket'
-]
-
-export function createLogger (level: string, minLength = 8192): Logger {
-  // Buffered writes: a line per request must not cost a write(2) each.
-  // Lines wait at most 250 ms for 8 KiB to gather; what is left is written
-  // when the process exits. Synchronous writes of whole buffers cost less
-  // CPU than the thread-pool round trip of asynchronous ones.
-  // (Cluster workers share stdout and gather less: one write stays within
-  // PIPE_BUF, so lines of different workers never interleave.)
-  const dest = pino.destination({ dest: 1, sync: true, minLength })
-  setInterval(() => { dest.flush() }, 250).unref()
-  process.once('exit', () => { try { dest.flushSync() } catch {} })
-  return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'lattice-gateway' } }, dest)
 }
 
 export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
@@ -87,6 +70,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
+  const control: ControlPlane = new LocalControlPlane(registry, { broadcast: opts.adminChange })
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -115,18 +99,20 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const cache = config.server.cacheMaxBytes > 0 && usesCache(config) ? new ResponseCache(config.server.cacheMaxBytes, opts.cacheClock) : null
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, cache, metrics })
+      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs, cache, metrics })
     } else {
       await app.register(aggregateRoute, { route, registry, metrics, cache })
     }
   }
+  // Hostile clients: CONNECT, TRACE and methods no route serves get 405 (plugins/methods.ts).
+  await app.register(methods, { routes: config.routes })
 
   let phase: ListenerPhase = 'starting'
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
-  await admin.register(adminRoutes, { registry, token: config.admin.token, afterChange: opts.adminChange })
+  await admin.register(adminRoutes, { registry, token: config.admin.token, control })
 
   await app.ready()
   await admin.ready()
@@ -136,31 +122,21 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     registry,
     metrics,
     logger,
+    control,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
       lattice?.start(registry.origins)
+      control.start()
     },
     async close () {
       phase = 'stopping'
       await app.close()
       await admin.close()
+      await control.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()
     }
   }
-}
-
-/** One log line per state transition, never per request. */
-function logTransitions (registry: Registry, logger: Logger): void {
-  registry.on('health', (e) => logger.warn({ event: 'origin_health', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, healthy: e.healthy, from: e.healthy ? 'unhealthy' : 'healthy', to: e.healthy ? 'healthy' : 'unhealthy', reason: e.reason }, `origin ${e.origin.label} is ${e.healthy ? 'healthy' : 'unhealthy'}`))
-  registry.on('breaker', (e) => logger.warn({ event: 'breaker', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, state: e.state, from: e.from, to: e.state, reason: e.reason }, `breaker of ${e.origin.label}: ${e.from} -> ${e.state}`))
-  registry.on('failover', (e) => logger.warn({ event: 'failover', service: e.service, deployment: e.deployment, kind: e.kind, from: e.from, to: e.to, reason: e.reason }, `${e.service}/${e.deployment}: ${e.kind} ${e.from} -> ${e.to}`))
-  registry.on('traffic', (e) => logger.warn({ event: 'traffic', service: e.service, from: e.from, to: e.to, changed: e.changed, by: e.by }, `${e.service}: traffic ${weights(e.from)} -> ${weights(e.to)} by ${e.by}`))
-}
-
-/** `blue=0 green=100`, for log messages. */
-function weights (w: Readonly<Record<string, number>>): string {
-  return Object.entries(w).map(([dep, n]) => `${dep}=${n}`).join(' ')
 }

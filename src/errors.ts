@@ -14,13 +14,18 @@ export const ErrorCodes = {
   GW_FORBIDDEN: 403,
   GW_NO_ROUTE: 404,
   GW_NOT_FOUND: 404,
+  GW_METHOD_NOT_ALLOWED: 405,
+  GW_CLIENT_TIMEOUT: 408,
   GW_CONFLICT: 409,
   GW_BODY_TOO_LARGE: 413,
   GW_SECTION_STATUS: 0, // the failing section's own 4xx status
   GW_INTERNAL: 500,
   GW_UPSTREAM_FAILED: 502,
   GW_OVERLOADED: 503,
-  GW_DEADLINE: 504
+  GW_DEADLINE: 504,
+  // --- fleet (SPEC §10) ---
+  GW_VERSION_CONFLICT: 412,
+  GW_FLEET_UNAVAILABLE: 503
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes
