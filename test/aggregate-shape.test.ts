@@ -50,8 +50,9 @@ function refSelect (v: unknown, paths: string[][]): unknown {
 }
 
 /** Rename: each key mapped; when two land on one name the later one wins (and sits where it landed last). */
-function refRename (v: unknown, rename: Record<string, string>): unknown {
-  if (Array.isArray(v)) return v.map((x) => refRename(x, rename))
+function refRename (v: unknown, rename: Record<string, string>, top = true): unknown {
+  // An array's objects are renamed; an array inside an array is not an object: kept.
+  if (Array.isArray(v)) return top ? v.map((x) => refRename(x, rename, false)) : v
   if (!isObject(v)) return v
   const pairs: Array<[string, unknown]> = []
   for (const k of Object.keys(v)) {

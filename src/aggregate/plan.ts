@@ -227,8 +227,10 @@ export function compileTemplate (path: string, sections: readonly string[] = [])
   const params: string[] = []
   const refs: Array<SectionRef | null> = []
   for (const p of parsed.placeholders) {
-    if (p.kind === 'param') {
-      params.push(p.name)
+    // A dotted name is a section field only when that section exists (the
+    // loader reports the others); otherwise it is a plain parameter name.
+    if (p.kind === 'param' || !sections.includes(p.section)) {
+      params.push(p.kind === 'param' ? p.name : `${p.section}.${p.path.join('.')}`)
       refs.push(null)
     } else {
       params.push(`${p.section}.${p.path.join('.')}`)
