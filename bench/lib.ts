@@ -369,6 +369,8 @@ export interface UpstreamOptions {
   status?: number
   /** Pin to the server CPU (default true). */
   pin?: boolean
+  /** A slow tail: every `every`th answer waits `ms` instead of `latencyMs`. */
+  tail?: { every: number, ms: number }
 }
 
 export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean }
@@ -384,6 +386,7 @@ export interface Upstream extends Helper {
 export async function startUpstream (opts: UpstreamOptions = {}): Promise<Upstream> {
   const name = opts.name ?? 'upstream'
   const args = ['--name', name, '--latency', String(opts.latencyMs ?? 0), '--bytes', String(opts.bytes ?? 1024), '--status', String(opts.status ?? 200)]
+  if (opts.tail !== undefined) args.push('--tail-every', String(opts.tail.every), '--tail-ms', String(opts.tail.ms))
   const h = await startHelper('upstream-server', args, { name, pin: opts.pin })
   const call = async (method: 'GET' | 'PUT', body?: string): Promise<UpstreamState> => {
     const res = await request(`${h.url}/__bench`, { method, body, headers: { 'content-type': 'application/json' } })
@@ -565,6 +568,8 @@ export interface LoadOptions {
   pipelining?: number
   /** Per-request timeout, seconds (autocannon's; default 10). */
   timeout?: number
+  /** Paths requested in turn on `url`'s host (a key set), instead of `url`'s own path. */
+  paths?: readonly string[]
 }
 
 export interface LoadResult {
@@ -595,7 +600,8 @@ export async function load (opts: LoadOptions): Promise<LoadResult> {
     duration: Math.min(opts.duration, MAX_DURATION_S),
     connections: opts.connections,
     pipelining: opts.pipelining ?? 1,
-    timeout: opts.timeout ?? 10
+    timeout: opts.timeout ?? 10,
+    ...(opts.paths === undefined ? {} : { requests: [{ setupRequest: nextPath(opts.paths) }] })
   })
   const completed = r['1xx'] + r['2xx'] + r['3xx'] + r['4xx'] + r['5xx']
   return {
@@ -610,6 +616,12 @@ export async function load (opts: LoadOptions): Promise<LoadResult> {
     non2xx: r.non2xx,
     durationS: r.duration
   }
+}
+
+/** An autocannon `setupRequest` that walks `paths` round-robin. */
+function nextPath (paths: readonly string[]): (req: autocannon.Request) => autocannon.Request {
+  let i = 0
+  return (req) => ({ ...req, path: paths[i++ % paths.length]! })
 }
 
 export interface Sample extends LoadResult {

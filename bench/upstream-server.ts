@@ -6,7 +6,10 @@
  * from its compiled form (dist/bench/upstream-server.js) so it runs
  * without a TypeScript loader.
  *
- *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE]
+ *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE] [--tail-every N --tail-ms MS]
+ *
+ * With `--tail-every N`, every Nth request waits `--tail-ms` instead of
+ * `--latency` (a slow tail: N = 20 is 5% of answers).
  *
  * Protocol with the parent: the first stdout line is `{"port":N,"pid":P}`;
  * the process exits when its stdin closes (the bench runner died) or on
@@ -29,9 +32,13 @@ const { values } = parseArgs({
     name: { type: 'string', default: 'upstream' },
     latency: { type: 'string', default: '0' },
     bytes: { type: 'string', default: '1024' },
-    status: { type: 'string', default: '200' }
+    status: { type: 'string', default: '200' },
+    'tail-every': { type: 'string', default: '0' },
+    'tail-ms': { type: 'string', default: '0' }
   }
 })
+const tailEvery = Number(values['tail-every'])
+const tailMs = Number(values['tail-ms'])
 
 const name = values.name
 const state = {
@@ -93,7 +100,8 @@ const server = createServer((req, res) => {
   requests++
   // A request body (POST scenarios) is drained before answering, as a real service would.
   if (req.method !== 'GET' && req.method !== 'HEAD') req.resume()
-  if (state.latencyMs > 0) setTimeout(answer, state.latencyMs, res)
+  const delay = tailEvery > 0 && requests % tailEvery === 0 ? tailMs : state.latencyMs
+  if (delay > 0) setTimeout(answer, delay, res)
   else answer(res)
 })
 server.keepAliveTimeout = 72_000
