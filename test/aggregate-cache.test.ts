@@ -189,3 +189,21 @@ t.test('memory stays under server.cacheMaxBytes, least recently used out first; 
   await get(`${g.url}/products/big/details`)
   t.equal(inventory.requests.length, 6, 'over maxEntryBytes: never stored')
 })
+
+t.test('origins that hang past the route deadline: the stale copy answers at the deadline', async (t) => {
+  let hang = false
+  const { g, clock } = await setup(t, (req, res) => { if (!hang) json(res, 200, { url: req.url, fresh: true }) }, { ttlMs: 1000, staleIfErrorMs: 60000 }, { route: { timeoutMs: 300 } })
+  const first = await get(`${g.url}/products/1/details`)
+  hang = true
+  clock.now += 1000
+  const r = await get(`${g.url}/products/1/details`)
+  t.equal(r.status, 200)
+  t.same(r.body.inventory, first.body.inventory)
+  t.equal(r.headers['x-aggregate-stale'], 'inventory')
+  t.equal(r.headers['x-aggregate-complete'], 'true')
+  const m = await cacheMetrics(g)
+  t.equal(m.stale, 1)
+  const other = await get(`${g.url}/products/2/details`)
+  t.equal(other.body.inventory, null, 'without a stored copy the deadline fails the section')
+  t.equal(other.headers['x-aggregate-failed'], 'inventory')
+})

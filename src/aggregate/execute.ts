@@ -118,6 +118,8 @@ class Fanout {
   #done = false
   #deadlinePassed = false
   #timer: NodeJS.Timeout | null = null
+  /** Per section, a stored answer past its freshness, served if the deadline comes first; null until one is seen. */
+  #staleAtDeadline: Array<CacheEntry | undefined> | null = null
 
   constructor (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, paths: Array<string | null>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, fields: FieldSelection | null, resolve: (r: FanoutResult) => void) {
     this.#plan = plan
@@ -154,6 +156,11 @@ class Fanout {
     return this.#fields === null ? null : this.#fields.trim[i] ?? null
   }
 
+  /** A section call went out while a stale-usable copy exists: the deadline may serve it. */
+  keepStale (i: number, entry: CacheEntry): void {
+    (this.#staleAtDeadline ??= new Array<CacheEntry | undefined>(this.#plan.sections.length))[i] = entry
+  }
+
   #called (i: number): boolean {
     return this.#fields === null || this.#fields.called[i]!
   }
@@ -177,6 +184,20 @@ class Fanout {
     this.#deadlinePassed = true
     this.#ac.abort(new GatewayError('GW_DEADLINE', `route deadline of ${this.#plan.timeoutMs} ms passed`))
     if (this.#done) return
+    // A cached section whose origins hang is answered from its stale copy.
+    const stale = this.#staleAtDeadline
+    if (stale !== null) {
+      for (let i = 0; i < stale.length; i++) {
+        const entry = stale[i]
+        if (entry === undefined || this.#results[i] !== undefined) continue
+        const s = this.#plan.sections[i]!
+        if (s.cache!.store.now() >= entry.staleUntil) continue
+        if (s.cache!.counters !== null) s.cache!.counters.stale.inc()
+        const r = parsed(this, s, fromCache(entry, true))
+        this.#results[i] = r
+        if (s.counters !== null) s.counters[r.outcome].inc()
+      }
+    }
     this.#markUnanswered('deadline')
     const required = this.#plan.sections.find((s) => s.required && this.#called(s.index) && this.#results[s.index]!.outcome === 'deadline')
     if (required !== undefined) {
@@ -331,6 +352,7 @@ async function runSection (f: Fanout, s: SectionPlan, path: string): Promise<Sec
       }
     }
   }
+  if (entry !== undefined) f.keepStale(s.index, entry)
   let r: SectionResult
   if (s.coalesce !== null) {
     // Followers share the leader's bytes; the call is not tied to the
@@ -342,6 +364,8 @@ async function runSection (f: Fanout, s: SectionPlan, path: string): Promise<Sec
   }
   if (cache !== null && key !== null) {
     if (r.outcome !== 'ok' && entry !== undefined && everyOriginFailed(r)) {
+      // Past the route deadline the stale copy was already served (and counted) then.
+      if (f.deadlinePassed) return r
       if (cache.counters !== null) cache.counters.stale.inc()
       return parsed(f, s, fromCache(entry, true))
     }
