@@ -180,7 +180,6 @@ t.test('memory stays under server.cacheMaxBytes, least recently used out first; 
   await get(`${g.url}/products/1/details`) // 1 is now the most recently used
   t.equal(inventory.requests.length, 2)
   await get(`${g.url}/products/3/details`) // evicts 2
-  t.ok(g.gw.app.hasRoute({ method: 'GET', url: '/products/:id/details' }))
   await get(`${g.url}/products/1/details`)
   t.equal(inventory.requests.length, 3, '1 kept')
   await get(`${g.url}/products/2/details`)
