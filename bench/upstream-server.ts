@@ -6,7 +6,7 @@
  * from its compiled form (dist/bench/upstream-server.js) so it runs
  * without a TypeScript loader.
  *
- *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE] [--tail-every N --tail-ms MS]
+ *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE] [--read-body] [--tail-every N --tail-ms MS]
  *
  * With `--tail-every N`, every Nth request waits `--tail-ms` instead of
  * `--latency` (a slow tail: N = 20 is 5% of answers).
@@ -33,6 +33,8 @@ const { values } = parseArgs({
     latency: { type: 'string', default: '0' },
     bytes: { type: 'string', default: '1024' },
     status: { type: 'string', default: '200' },
+    // Answer a request with a body only once the whole body is in (as a service that parses it does).
+    'read-body': { type: 'boolean', default: false },
     'tail-every': { type: 'string', default: '0' },
     'tail-ms': { type: 'string', default: '0' }
   }
@@ -99,7 +101,13 @@ const server = createServer((req, res) => {
   if (url === '/__bench') { control(req, res); return }
   requests++
   // A request body (POST scenarios) is drained before answering, as a real service would.
-  if (req.method !== 'GET' && req.method !== 'HEAD') req.resume()
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    req.resume()
+    if (values['read-body'] === true) {
+      req.once('end', () => { if (state.latencyMs > 0) setTimeout(answer, state.latencyMs, res); else answer(res) })
+      return
+    }
+  }
   const delay = tailEvery > 0 && requests % tailEvery === 0 ? tailMs : state.latencyMs
   if (delay > 0) setTimeout(answer, delay, res)
   else answer(res)

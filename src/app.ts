@@ -5,6 +5,7 @@
  * does, and tests call `buildGateway()` directly.
  */
 import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
@@ -26,6 +27,7 @@ import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 import type { ControlPlane } from './fleet/control.js'
+import type { FleetEvents } from './fleet/fleet.js'
 import { LocalControlPlane } from './fleet/local.js'
 
 export interface Gateway {
@@ -54,6 +56,8 @@ export interface BuildOptions extends RegistryOptions {
   adminChange?: (change: AdminChange) => Promise<WorkersReport | undefined>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
+  /** The control plane of a cluster worker whose primary holds the fleet connection. */
+  controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
   /** The response cache's clock (ms); default Date.now. Tests move time with it. */
   cacheClock?: () => number
@@ -70,7 +74,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
-  const control: ControlPlane = new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  // Fleet (src/fleet/fleet.ts): loaded only when configured, like the AWS SDK.
+  const custom = opts.controlPlane?.(registry) ?? null
+  const fleet = config.fleet === undefined || custom !== null
+    ? null
+    : await import('./fleet/fleet.js').then((m) => new m.FleetControlPlane(config.fleet!, m.registryTarget(registry, logger), logger))
+  const control: ControlPlane = custom ?? fleet ?? new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  if (control.fleet !== undefined && control instanceof EventEmitter) metrics.bindFleet(control as EventEmitter<FleetEvents>)
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -111,7 +121,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
-  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
+  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText, unready: control.fleet === undefined ? undefined : () => control.fleet!.loaded ? [] : ['fleet'] })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
 
   await app.ready()

@@ -19,7 +19,9 @@ export const REDACT = [
   'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie',
   'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken',
   // Hardening: raw bytes carried by parser errors (an upstream's answer, a client's request).
-  'err.data', 'err.rawPacket'
+  'err.data', 'err.rawPacket',
+  // Fleet: the store URL may carry a password.
+  'fleet.url', 'config.fleet.url'
 ]
 
 /**

@@ -95,7 +95,7 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // from `doc` below, and a `routes` mapping with a `length` key would
   // break TypeBox's array defaulting (it is reported by the check above).
   const { services: _s, routes: _r, ...rest } = doc
-  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'] }
+  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'], fleet?: GatewayConfig['fleet'] }
   // A `services` or `routes` of the wrong shape is reported by the check
   // above; nothing below reports again on its account.
   const servicesRaw = doc.services === undefined ? {} : isMapping(doc.services) ? doc.services : null
@@ -129,7 +129,7 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // A value checked twice (a deployment inside its service, then alone) reports once.
   const unique = issues.filter((x, i) => issues.findIndex((y) => y.path === x.path && y.message === x.message) === i)
   if (unique.length > 0) throw new ConfigError(unique, source)
-  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, services, routes })
+  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, ...(top.fleet === undefined ? {} : { fleet: top.fleet }), services, routes })
 }
 
 const MAX_DEPTH = 32
@@ -370,6 +370,8 @@ function describe (e: ValueError): string {
     case ValueErrorType.StringMinLength: return 'must not be empty'
     case ValueErrorType.StringFormat: return s.format === 'uri' ? `must be a URL, e.g. http://127.0.0.1:4566 (got ${show(e.value)})` : `must be a ${String(s.format)} (got ${show(e.value)})`
     case ValueErrorType.StringPattern:
+      // fleet.url: the value may carry a password, so it is never echoed.
+      if (s.pattern === '^postgres(ql)?://') return 'must be a postgres:// or postgresql:// URL (the value is not shown: it may hold a password)'
       if (s.pattern !== '^/' && s.pattern !== '^(/.*)?$') return `must match ${String(s.pattern)} (got ${show(e.value)})`
       // `.` stops at a line break: "/a\nb" starts with "/" and still fails.
       return typeof e.value === 'string' && e.value.startsWith('/') ? `must not contain a line break (got ${show(e.value)})` : `must start with "/" (got ${show(e.value)})`
