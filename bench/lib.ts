@@ -382,6 +382,8 @@ export interface UpstreamOptions {
   pin?: boolean
   /** Answer a request with a body only once the whole body is in (default false: at once). */
   readBody?: boolean
+  /** A slow tail: every `every`th answer waits `ms` instead of `latencyMs`. */
+  tail?: { every: number, ms: number }
 }
 
 export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean }
@@ -398,6 +400,7 @@ export async function startUpstream (opts: UpstreamOptions = {}): Promise<Upstre
   const name = opts.name ?? 'upstream'
   const args = ['--name', name, '--latency', String(opts.latencyMs ?? 0), '--bytes', String(opts.bytes ?? 1024), '--status', String(opts.status ?? 200)]
   if (opts.readBody === true) args.push('--read-body')
+  if (opts.tail !== undefined) args.push('--tail-every', String(opts.tail.every), '--tail-ms', String(opts.tail.ms))
   const h = await startHelper('upstream-server', args, { name, pin: opts.pin })
   const call = async (method: 'GET' | 'PUT', body?: string): Promise<UpstreamState> => {
     const res = await request(`${h.url}/__bench`, { method, body, headers: { 'content-type': 'application/json' } })
@@ -581,6 +584,8 @@ export interface LoadOptions {
   pipelining?: number
   /** Per-request timeout, seconds (autocannon's; default 10). */
   timeout?: number
+  /** Paths requested in turn on `url`'s host (a key set), instead of `url`'s own path. */
+  paths?: readonly string[]
 }
 
 export interface LoadResult {
@@ -611,7 +616,8 @@ export async function load (opts: LoadOptions): Promise<LoadResult> {
     duration: Math.min(opts.duration, MAX_DURATION_S),
     connections: opts.connections,
     pipelining: opts.pipelining ?? 1,
-    timeout: opts.timeout ?? 10
+    timeout: opts.timeout ?? 10,
+    ...(opts.paths === undefined ? {} : { requests: [{ setupRequest: nextPath(opts.paths) }] })
   })
   const completed = r['1xx'] + r['2xx'] + r['3xx'] + r['4xx'] + r['5xx']
   return {
@@ -626,6 +632,12 @@ export async function load (opts: LoadOptions): Promise<LoadResult> {
     non2xx: r.non2xx,
     durationS: r.duration
   }
+}
+
+/** An autocannon `setupRequest` that walks `paths` round-robin. */
+function nextPath (paths: readonly string[]): (req: autocannon.Request) => autocannon.Request {
+  let i = 0
+  return (req) => ({ ...req, path: paths[i++ % paths.length]! })
 }
 
 export interface Sample extends LoadResult {

@@ -15,6 +15,7 @@ import { usesLattice } from './lattice/uses.js'
 import { lazyChildLogger } from './child-logger.js'
 import { createLogger, logTransitions } from './log.js'
 import { Metrics } from './metrics.js'
+import { ResponseCache, usesCache } from './cache/store.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
@@ -65,6 +66,8 @@ export interface BuildOptions extends RegistryOptions {
   // --- end multi-core ---
   /** Live replicas sharing the traffic (the fleet's); each allows ceil(rateLimit.max / this). Default 1. */
   liveReplicas?: () => number
+  /** The response cache's clock (ms); default Date.now. Tests move time with it. */
+  cacheClock?: () => number
 }
 
 export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
@@ -120,11 +123,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   let live = 1
   if (control.fleet !== undefined && control instanceof EventEmitter) (control as EventEmitter<FleetEvents>).on('replicas', (n: number) => { live = n })
   const guards = createRouteGuards(config, { metrics, logger, liveReplicas: opts.liveReplicas ?? (control.fleet === undefined ? undefined : () => live) })
+  // The response cache (SPEC §12): one per process, only when some route or section caches.
+  const cache = config.server.cacheMaxBytes > 0 && usesCache(config) ? new ResponseCache(config.server.cacheMaxBytes, opts.cacheClock) : null
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(guards.wrap(route, proxyRoute), { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs })
+      await app.register(guards.wrap(route, proxyRoute), { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs, cache, metrics })
     } else {
-      await app.register(guards.wrap(route, aggregateRoute), { route, registry, metrics })
+      await app.register(guards.wrap(route, aggregateRoute), { route, registry, metrics, cache })
     }
   }
   // Hostile clients: CONNECT, TRACE and methods no route serves get 405 (plugins/methods.ts).

@@ -202,7 +202,14 @@ const aggregateRoute = fc.record({
   route: closedArb(sch(AggregateRouteSchema), { ...noAuth, path: null, sections: null }),
   head: fc.array(fc.stringMatching(/^[a-z0-9._~-]{1,5}$/), { maxLength: 2 }),
   params: fc.uniqueArray(routeParam, { maxLength: 3 }),
-  sections: fc.uniqueArray(fc.tuple(sectionKey, closedArb(sch(SectionSchema), { service: fc.nat(), path: fc.array(sectionPiece, { maxLength: 4 }) })), { minLength: 1, maxLength: 3, selector: ([k]) => k })
+  sections: fc.uniqueArray(fc.tuple(sectionKey, closedArb(sch(SectionSchema), {
+    service: fc.nat(),
+    path: fc.array(sectionPiece, { maxLength: 4 }),
+    // Shaping (SPEC §12): dotted paths and a rename map.
+    pick: fc.constantFrom('data', 'data.items', 'a.0'),
+    select: fc.uniqueArray(fc.constantFrom('id', 'a.b', 'items.sku'), { minLength: 1, maxLength: 3 }),
+    rename: fc.constantFrom({ inStock: 'available' }, { a: 'b', c: 'd' }, {})
+  })), { minLength: 1, maxLength: 3, selector: ([k]) => k })
 }).map(({ route, head, params, sections }) => ({
   ...route,
   path: [...head, ...params.map((p) => `:${p}`)].map((x) => '/' + x).join(''),
@@ -520,7 +527,8 @@ function sitesOf (raw: Obj): Site[] {
         sites.push(unknownService([...ssegs, 'service']))
         const path = fmt([...ssegs, 'path'])
         sites.push({ kind: 'placeholder that is no route parameter', path, units: [unit], cls: 'cross', apply: (r, c) => {
-          let name = c.name.replace(/[{}]/g, '')
+          // A dotted name is a chained section field (SPEC §12), checked elsewhere.
+          let name = c.name.replace(/[{}.]/g, '')
           while (params.includes(name)) name += '_'
           nodeAt(r, ssegs).path += `/{${name}}`
           return { path, message: /^placeholder \{.*\} is not a parameter/ }

@@ -19,6 +19,7 @@ import {
   AuthSchema, POLICY_OPERATORS, POLICY_KEY, HEADER_NAME, type AuthConfig, type PolicyStatement, type PolicyStatementRaw, type JwtConfig, type PolicyOperator,
   type GatewayConfig, type ServiceConfig, type RouteConfig, type DeploymentConfig, type OriginSpec
 } from './schema.js'
+import { buildGraph } from '../aggregate/graph.js'
 
 // TypeBox knows no string formats until they are registered; without this
 // every `format: 'uri'` value fails with "Unknown format".
@@ -262,12 +263,17 @@ function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): Route
     if (Object.keys(route.sections).length === 0) issues.push({ path: `${path}.sections`, message: 'needs at least one section' })
     for (const [key, s] of Object.entries(route.sections)) {
       for (const m of s.path.matchAll(/\{([^}]*)\}/g)) {
-        if (!params.has(m[1]!)) issues.push({ path: `${path}.sections.${key}.path`, message: `placeholder {${m[1]}} is not a parameter of ${route.path}` })
+        // `{section.field}` names another section (checked by the graph below).
+        if (!m[1]!.includes('.') && !params.has(m[1]!)) issues.push({ path: `${path}.sections.${key}.path`, message: `placeholder {${m[1]}} is not a parameter of ${route.path}` })
       }
       // The gateway refuses to send a "." or ".." segment (aggregate/plan.ts).
       if (s.path.replace(/\{[^}]*\}/g, 'x').split(/[?#]/)[0]!.split('/').some((seg) => seg === '.' || seg === '..')) {
         issues.push({ path: `${path}.sections.${key}.path`, message: 'must not have a "." or ".." segment' })
       }
+    }
+    // Chained sections (SPEC §12): unknown names and cycles, at the section.
+    for (const g of buildGraph(Object.entries(route.sections).map(([k, s]) => [k, s.path] as const)).issues) {
+      issues.push({ path: `${path}.sections.${g.section}`, message: g.message })
     }
     return { ...route, forwardHeaders: route.forwardHeaders.map((h) => h.toLowerCase()) }
   }

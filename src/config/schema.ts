@@ -57,6 +57,8 @@ export const ServerSchema = closed({
   workers: Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('auto')], { default: 1 }),
   /** Query parameters whose values the access log writes as `[redacted]` (names compared case-insensitively). */
   redactQueryParams: Type.Array(Type.String({ minLength: 1 }), { default: ['token', 'access_token', 'api_key', 'key', 'signature', 'X-Amz-Signature'] }),
+  /** Bytes of answers the response cache (SPEC §12) may hold in this process; least recently used out first. */
+  cacheMaxBytes: Type.Integer({ minimum: 0, default: 64 * 1024 * 1024 }),
   logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })
 }, { default: {} })
 
@@ -191,6 +193,18 @@ function routeAuthProps () {
 }
 // ---- end edge authentication ----
 
+/** `cache:` on an aggregate section or a proxy route (SPEC §12). */
+export const CacheSchema = closed({
+  /** How long a stored answer is served without an upstream call (capped by the upstream's `max-age`). */
+  ttlMs: Type.Integer({ minimum: 1 }),
+  /** How long past `ttlMs` a stored answer is served when every origin failed. */
+  staleIfErrorMs: Type.Integer({ minimum: 0, default: 0 }),
+  /** Request headers whose values are part of the key. */
+  vary: Type.Array(Type.String({ minLength: 1 }), { default: [], uniqueItems: true }),
+  /** A larger answer is not stored. */
+  maxEntryBytes: Type.Integer({ minimum: 1, default: 1048576 })
+})
+
 export const ProxyRouteSchema = closed({
   type: Type.Literal('proxy'),
   prefix: Type.String({ pattern: '^/' }),
@@ -198,13 +212,30 @@ export const ProxyRouteSchema = closed({
   rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$' })),
   /** An upstream answer larger than this is refused (502) or cut; 0: no limit (answers stream, memory stays bounded). */
   maxResponseBytes: Type.Integer({ minimum: 0, default: 0 }),
-  ...routeAuthProps()
+  ...routeAuthProps(),
+  /** GET/HEAD 200 answers stored and served again (SPEC §12). */
+  cache: Type.Optional(CacheSchema)
 })
+
+/** A dotted path into a JSON value: `a`, `a.b.c` (no empty segment). */
+const DOTTED = '^[^.]+(\\.[^.]+)*$'
 
 export const SectionSchema = closed({
   service: Type.String({ minLength: 1 }),
   path: Type.String({ pattern: '^/' }),
-  required: Type.Boolean({ default: false })
+  required: Type.Boolean({ default: false }),
+  // --- SPEC §12: shaping, cache, coalescing, hedging ---
+  /** The value at this dotted path becomes the section (null when absent). */
+  pick: Type.Optional(Type.String({ pattern: DOTTED })),
+  /** Only these dotted paths of the object (or of each object of an array), nested as they were. */
+  select: Type.Optional(Type.Array(Type.String({ pattern: DOTTED }), { minItems: 1, uniqueItems: true })),
+  /** Top-level keys renamed, old: new. */
+  rename: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ minLength: 1 }))),
+  cache: Type.Optional(CacheSchema),
+  /** Concurrent identical calls share one upstream call. */
+  coalesce: Type.Boolean({ default: true }),
+  /** A second attempt to the other healthy origin when the first has not answered after this many ms. */
+  hedgeAfterMs: Type.Optional(Type.Integer({ minimum: 1 }))
 }, { default: {} }) // a default marks it for TypeBox to fill defaults inside Record values
 
 export const AggregateRouteSchema = closed({
@@ -216,6 +247,7 @@ export const AggregateRouteSchema = closed({
   forwardHeaders: Type.Array(Type.String({ minLength: 1 }), { default: ['authorization', 'accept-language'] }),
   /** A section answer larger than this is a failed section. */
   maxSectionBytes: Type.Integer({ minimum: 1, default: 1048576 }),
+  fields: Type.Boolean({ default: false }),
   sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false }),
   ...routeAuthProps()
 })
@@ -272,6 +304,7 @@ type ServiceRaw = Static<typeof ServiceSchema>
 export type ProxyRoute = Static<typeof ProxyRouteSchema>
 export type AggregateRoute = Static<typeof AggregateRouteSchema>
 export type SectionConfig = Static<typeof SectionSchema>
+export type CacheConfig = Static<typeof CacheSchema>
 export type RouteConfig = ProxyRoute | AggregateRoute
 export type JwtConfig = Static<typeof JwtSchema>
 export type PolicyStatementRaw = Static<typeof PolicyStatementSchema>

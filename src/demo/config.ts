@@ -34,6 +34,23 @@ export const DEMO_SECURE_ROUTE = {
   rateLimit: { max: 30, windowMs: 60000, key: 'jwt:sub' }
 } as const
 
+/**
+ * The demo's aggregate route (SPEC §12): the product shaped to four
+ * fields, inventory called by the product's SKU once the product answered
+ * (reviews meanwhile in parallel), cached for 5 s and served stale for a
+ * minute when both inventory origins are down; clients may ask for less
+ * with `?fields=`.
+ */
+export const DEMO_DETAILS_ROUTE = {
+  ...PRODUCT_DETAILS_ROUTE,
+  fields: true,
+  sections: {
+    product: { service: 'product', path: '/products/{id}', required: true, select: ['id', 'name', 'price', 'sku'] },
+    reviews: { service: 'review', path: '/reviews?productId={id}', pick: 'reviews' },
+    inventory: { service: 'inventory', path: '/inventory/{product.sku}', rename: { inStock: 'available' }, cache: { ttlMs: 5000, staleIfErrorMs: 60000 }, hedgeAfterMs: 50 }
+  }
+} as const
+
 export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig {
   const healthCheck = { intervalMs: 500, timeoutMs: 300 }
   return validateConfig({
@@ -56,7 +73,7 @@ export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig
       { type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' },
       { type: 'proxy', prefix: '/api/reviews', service: 'review', rewritePrefix: '/reviews' },
       { type: 'proxy', prefix: '/api/inventory', service: 'inventory', rewritePrefix: '/inventory' },
-      PRODUCT_DETAILS_ROUTE,
+      DEMO_DETAILS_ROUTE,
       // Edge authentication (SPEC §14): tokens from `npm run demo:token`.
       DEMO_SECURE_ROUTE
     ],
@@ -73,7 +90,8 @@ lattice-gateway demo is running
   gateway  ${g}      admin  ${a}
 
 Try:
-  curl -i ${g}/products/1/details                 # aggregate: product + reviews + inventory
+  curl -i ${g}/products/1/details                 # aggregate: product + reviews + inventory (by the product's sku)
+  curl -s '${g}/products/1/details?fields=product.name,inventory.available'   # only what you ask for
   curl -i ${g}/api/products/2?currency=EUR        # proxy route -> product /products/2?currency=EUR
   curl -s ${a}/metrics | grep gateway_            # metrics
   curl -s ${auth} ${a}/admin/services       # state of every service
@@ -83,6 +101,11 @@ Failover drill (product primary dies; watch servedBy move to product-secondary):
   curl -s ${g}/api/products/1                     # answered by product-secondary, no error
   curl -s ${auth} ${a}/admin/services/product
   curl -X POST 127.0.0.1:9101/__demo/fail  |  curl -X POST 127.0.0.1:9101/__demo/recover
+
+Stale-if-error (both inventory origins down; the cached inventory section is served, x-aggregate-stale: inventory):
+  curl -s ${g}/products/1/details >/dev/null      # fills the cache
+  curl -X POST 127.0.0.1:9301/__demo/down?ms=30000; curl -X POST 127.0.0.1:9302/__demo/down?ms=30000
+  sleep 6; curl -si ${g}/products/1/details | grep -i x-aggregate
 
 Blue/green (review): shift to green, watch "version", then roll back:
   curl -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":50,"green":50}' ${a}/admin/services/review/traffic

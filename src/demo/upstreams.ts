@@ -51,7 +51,7 @@ function answer (o: DemoOrigin, req: IncomingMessage, res: ServerResponse, body:
     if (parts.length === 1) return send(res, 200, { products: PRODUCTS.map((name, i) => ({ id: i + 1, name })), servedBy }, extra)
     const id = Number(parts[1])
     if (!Number.isInteger(id) || id < 1 || id > PRODUCTS.length) return send(res, 404, { message: `no product ${parts[1]}` }, extra)
-    return send(res, 200, { id, name: PRODUCTS[id - 1], price: 10 + id * 7.5, servedBy }, extra)
+    return send(res, 200, { id, name: PRODUCTS[id - 1], price: 10 + id * 7.5, sku: `SKU-${String(id).padStart(4, '0')}`, servedBy }, extra)
   }
   if (o.service === 'review' && parts[0] === 'reviews') {
     const productId = url.searchParams.get('productId')
@@ -61,8 +61,9 @@ function answer (o: DemoOrigin, req: IncomingMessage, res: ServerResponse, body:
     return send(res, 200, { productId, reviews, version: o.version, servedBy }, extra)
   }
   if (o.service === 'inventory' && parts[0] === 'inventory' && parts.length === 2) {
-    const id = Number(parts[1])
-    return send(res, 200, { id, inStock: id % 3 !== 0, warehouse: 'eu-west', servedBy }, extra)
+    // By product id (`/inventory/3`) or by SKU (`/inventory/SKU-0003`).
+    const id = Number(parts[1]!.replace(/^SKU-0*/, ''))
+    return send(res, 200, { id, sku: `SKU-${String(id).padStart(4, '0')}`, inStock: id % 3 !== 0, warehouse: 'eu-west', servedBy }, extra)
   }
   send(res, 404, { message: 'not found', servedBy }, extra)
 }

@@ -22,7 +22,7 @@ import { EventEmitter } from 'node:events'
 import type { IncomingHttpHeaders } from 'node:http'
 import { GatewayError } from '../errors.js'
 import type { ServiceConfig } from '../config/schema.js'
-import type { OriginGroup, SendPolicy, UpstreamRequest, UpstreamResponse } from './origin-group.js'
+import type { OriginGroup, SendOptions, SendPolicy, UpstreamRequest, UpstreamResponse } from './origin-group.js'
 
 /** A change of a service's weights (emitted only when some weight changed). */
 export interface TrafficEvent {
@@ -111,8 +111,8 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
   }
 
   /** Picks a deployment and sends through it with failover. */
-  send (req: UpstreamRequest, clientHeaders: IncomingHttpHeaders): Promise<UpstreamResponse> {
-    return this.pick(clientHeaders).send(req, this.policy)
+  send (req: UpstreamRequest, clientHeaders: IncomingHttpHeaders, opts?: SendOptions): Promise<UpstreamResponse> {
+    return this.pick(clientHeaders).send(req, this.policy, opts)
   }
 
   #stickyKey (headers: IncomingHttpHeaders): string | null {
