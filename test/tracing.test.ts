@@ -363,3 +363,43 @@ t.test('config: tracing is off by default; its keys are checked with their paths
   t.strictSame(issues({ protocol: 'grpc' }), ['tracing.protocol'], 'only the OTLP/HTTP encodings')
   t.strictSame(issues({ sampleRate: 0.1 }), ['tracing.sampleRate'], 'a typo is an unknown key')
 })
+
+t.test('a hedged, cached section: its INTERNAL span holds a first and a hedge CLIENT span, and says miss, then hit', async (t) => {
+  const rx = await startOtlpReceiver()
+  // The primary holds section calls until the test ends (the helper answers health probes itself).
+  const held: Array<() => void> = []
+  const primary = await startUpstream('inventory-primary', (_req, res) => {
+    held.push(() => json(res, 200, { inStock: false, from: 'primary' }))
+  })
+  const secondary = await startUpstream('inventory-secondary', (_req, res) => json(res, 200, { inStock: true, from: 'secondary' }))
+  const g = await startGateway({
+    tracing: tracing(rx),
+    services: { inventory: fastService({ primary: primary.url, secondary: secondary.url }) },
+    routes: [{
+      type: 'aggregate',
+      path: '/stock/:id',
+      sections: { inventory: { service: 'inventory', path: '/inventory/{id}', hedgeAfterMs: 50, cache: { ttlMs: 60000 } } }
+    }]
+  })
+  t.teardown(async () => { for (const f of held) f(); await g.close(); await primary.close(); await secondary.close(); await rx.close() })
+
+  const first = await get(`${g.url}/stock/7`)
+  t.equal(first.status, 200)
+  t.match(JSON.parse(first.body), { inventory: { from: 'secondary' } }, 'the hedge to the secondary answered')
+  const traceId = parentOf(secondary).traceId
+  const spans = await rx.waitFor((s) => byKind(s, traceId, 'INTERNAL').length === 1 && byKind(s, traceId, 'CLIENT').length === 2)
+  const section = byKind(spans, traceId, 'INTERNAL')[0]!
+  t.equal(section.attributes['gateway.cache'], 'miss')
+  const attempts = byKind(spans, traceId, 'CLIENT')
+  t.ok(attempts.every((c) => c.parentSpanId === section.spanId), 'both attempts under the section span')
+  t.strictSame(attempts.map((c) => `${String(c.attributes['gateway.origin'])}:${String(c.attributes['gateway.attempt'])}`).sort(), ['primary:first', 'secondary:hedge'])
+  t.equal(parentOf(secondary).parentId, attempts.find((c) => c.attributes['gateway.attempt'] === 'hedge')?.spanId, 'the hedge carries its own CLIENT span as parent')
+
+  const calls = secondary.requests.length
+  const again = await get(`${g.url}/stock/7`, { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' })
+  t.equal(again.status, 200)
+  t.equal(secondary.requests.length, calls, 'served from the cache: no upstream call')
+  const cached = await rx.waitFor((s) => byKind(s, '0af7651916cd43dd8448eb211c80319c', 'INTERNAL').length === 1)
+  t.equal(byKind(cached, '0af7651916cd43dd8448eb211c80319c', 'INTERNAL')[0]!.attributes['gateway.cache'], 'hit')
+  t.equal(byKind(cached, '0af7651916cd43dd8448eb211c80319c', 'CLIENT').length, 0, 'a hit makes no attempt')
+})
