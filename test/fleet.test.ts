@@ -226,3 +226,25 @@ t.test('config: fleet keys, defaults and checks; a wrong URL is reported without
   t.match(message, /fleet\.url: must be a postgres:\/\/ or postgresql:\/\/ URL/)
   t.notMatch(message, /hunter2/, 'the password is not echoed')
 })
+
+t.test('rate limits split over the live replicas: each allows max / live (rounded up)', async (t) => {
+  const url = await newDb()
+  const limited = (): Record<string, unknown> => {
+    const c = cutoverConfig(cutoverService({ blue: { primary: blue.url }, green: { primary: green.url } }, { traffic: { blue: 100, green: 0 } }))
+    return { ...c, fleet: fleetOf(url), routes: [{ type: 'proxy', prefix: '/reviews', service: 'review', rateLimit: { max: 4, windowMs: 60000, key: 'header:x-client' } }] }
+  }
+  const a = await startGateway(limited())
+  t.teardown(() => a.close())
+  const b = await startGateway(limited())
+  t.teardown(() => b.close())
+  await Promise.all([loaded(a), loaded(b)])
+  await until(async () => /^gateway_fleet_replicas 2$/m.test(await scrape(a.adminUrl)) ? true : undefined, { what: 'replica a to count two live replicas', timeoutMs: 60000 })
+  const statuses: number[] = []
+  for (let i = 0; i < 3; i++) {
+    const res = await request(`${a.url}/reviews/1`, { headers: { 'x-client': 'one' }, dispatcher: client })
+    await res.body.dump()
+    statuses.push(res.statusCode)
+    if (i === 0) t.equal(res.headers['ratelimit-limit'], '2', 'the limit this replica applies: 4 / 2 replicas')
+  }
+  t.strictSame(statuses, [200, 200, 429], 'the third request within the window is over this replica\'s share')
+})
