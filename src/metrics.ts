@@ -121,6 +121,20 @@ export class Metrics {
     })
   }
 
+  // ---- rollouts (SPEC §11) ----
+  readonly #shielded = new HotCounterFamily({ name: 'gateway_rollout_shielded_total', help: 'Requests that failed on a rollout candidate and were re-sent to the baseline', labelNames: ['service'], registers: [this.registry] })
+  readonly rollouts = new client.Counter({ name: 'gateway_rollouts_total', help: 'Rollouts that ended, by result (promoted, rolled_back, aborted)', labelNames: ['service', 'result'], registers: [this.registry] })
+
+  /** Wires the shield counter of every service with more than one deployment. */
+  bindRollouts (registry: Registry): void {
+    for (const service of registry.services.values()) {
+      if (service.groups.size < 2) continue
+      const shielded = this.#shielded.hot(service.name)
+      service.onShield = () => shielded.inc()
+    }
+  }
+  // ---- end rollouts ----
+
   // ---- aggregate routes (SPEC §5; compiled by src/aggregate/plan.ts) ----
   readonly #aggregateSections = new HotCounterFamily({ name: 'gateway_aggregate_sections_total', help: 'Aggregate route sections by route, section and outcome', labelNames: ['route', 'section', 'outcome'], registers: [this.registry] })
   readonly #aggregateResponses = new HotCounterFamily({ name: 'gateway_aggregate_responses_total', help: 'Aggregate route answers by result: complete, partial (some optional section null) or failed (a required section failed)', labelNames: ['route', 'result'], registers: [this.registry] })
