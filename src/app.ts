@@ -25,6 +25,8 @@ import adminRoutes from '../routes/admin.js'
 import type { AdminChange } from './cluster.js'
 import type { ControlPlane } from './fleet/control.js'
 import { LocalControlPlane } from './fleet/local.js'
+import { RolloutManager } from './rollout/rollout.js'
+import rolloutRoutes from '../routes/rollouts.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -34,6 +36,8 @@ export interface Gateway {
   logger: Logger
   /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
   control: ControlPlane
+  /** Rollouts of every service (SPEC §11). */
+  rollouts: RolloutManager
   /** Called once both listeners accept connections (flips `/healthz`). */
   markListening(): void
   /** Starts health checks (and Lattice resolution). */
@@ -89,6 +93,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   metrics.bind(registry)
   logTransitions(registry, logger)
   const control: ControlPlane = new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  // Rollouts (SPEC §11): weight changes through the control plane, one log line per transition.
+  metrics.bindRollouts(registry)
+  const rollouts = new RolloutManager({ registry, control, onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
+  rollouts.on('rollout', (e) => {
+    const { message, ...fields } = e
+    logger[e.action === 'error' ? 'error' : 'warn']({ event: 'rollout', ...fields }, message)
+  })
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -127,6 +138,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await admin.register(requestLog, { metrics: null })
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
+  await admin.register(rolloutRoutes, { rollouts, token: config.admin.token })
 
   await app.ready()
   await admin.ready()
@@ -137,6 +149,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     metrics,
     logger,
     control,
+    rollouts,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
@@ -147,6 +160,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       phase = 'stopping'
       await app.close()
       await admin.close()
+      rollouts.close()
       await control.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
