@@ -77,6 +77,11 @@ export default async function adminRoutes (fastify: FastifyInstance, opts: Admin
     return result.fleet === undefined ? snap : { ...snap, version: result.version, fleet: result.fleet }
   })
 
+  fastify.get('/admin/fleet', { config: { label: '/admin/fleet' } }, async () => {
+    if (control.fleet === undefined) throw new GatewayError('GW_NOT_FOUND', 'no fleet is configured: this gateway keeps its own state (see fleet in the config)')
+    return control.fleet.view()
+  })
+
   fastify.get<{ Params: { name: string } }>('/admin/services/:name/history', { config: { label: '/admin/services/:name/history' } }, async (request) => {
     return control.history(serviceOf(request).name)
   })

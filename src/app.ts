@@ -56,6 +56,8 @@ export interface BuildOptions extends RegistryOptions {
   adminChange?: (change: AdminChange) => Promise<void>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
+  /** The control plane of a cluster worker whose primary holds the fleet connection. */
+  controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
 }
 
@@ -65,7 +67,9 @@ export const REDACT = [
   'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie',
   'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken',
   // Hardening: raw bytes carried by parser errors (an upstream's answer, a client's request).
-  'err.data', 'err.rawPacket'
+  'err.data', 'err.rawPacket',
+  // Fleet: the store URL may carry a password.
+  'fleet.url', 'config.fleet.url'
 ]
 
 export function createLogger (level: string, minLength = 8192): Logger {
@@ -92,7 +96,12 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
-  const control: ControlPlane = new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  // Fleet (src/fleet/fleet.ts): loaded only when configured, like the AWS SDK.
+  const fleet = config.fleet === undefined || opts.controlPlane !== undefined
+    ? null
+    : await import('./fleet/fleet.js').then((m) => new m.FleetControlPlane(config.fleet!, m.registryTarget(registry, logger), logger))
+  const control: ControlPlane = opts.controlPlane?.(registry) ?? fleet ?? new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  if (fleet !== null) metrics.bindFleet(fleet)
   // Rollouts (SPEC §11): weight changes through the control plane, one log line per transition.
   metrics.bindRollouts(registry)
   const rollouts = new RolloutManager({ registry, control, onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
@@ -136,7 +145,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
-  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
+  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText, unready: control.fleet === undefined ? undefined : () => control.fleet!.loaded ? [] : ['fleet'] })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
   await admin.register(rolloutRoutes, { rollouts, token: config.admin.token })
 

@@ -94,7 +94,7 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // from `doc` below, and a `routes` mapping with a `length` key would
   // break TypeBox's array defaulting (it is reported by the check above).
   const { services: _s, routes: _r, ...rest } = doc
-  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'] }
+  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'], fleet?: GatewayConfig['fleet'] }
   // A `services` or `routes` of the wrong shape is reported by the check
   // above; nothing below reports again on its account.
   const servicesRaw = doc.services === undefined ? {} : isMapping(doc.services) ? doc.services : null
@@ -128,7 +128,7 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // A value checked twice (a deployment inside its service, then alone) reports once.
   const unique = issues.filter((x, i) => issues.findIndex((y) => y.path === x.path && y.message === x.message) === i)
   if (unique.length > 0) throw new ConfigError(unique, source)
-  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, services, routes })
+  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, ...(top.fleet === undefined ? {} : { fleet: top.fleet }), services, routes })
 }
 
 const MAX_DEPTH = 32

@@ -181,10 +181,22 @@ export const AggregateRouteSchema = closed({
   sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false })
 })
 
+/** SPEC §10: replicas with the same url and name share one control state. */
+export const FleetSchema = closed({
+  /** postgres://user:pass@host:5432/db — a secret: never logged (the password is redacted). */
+  url: Type.String({ pattern: '^postgres(ql)?://', description: 'postgres://user:pass@host:5432/db' }),
+  name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,100}$', default: 'default' }),
+  /** How long an admin change waits for every live replica to apply it. */
+  applyTimeoutMs: Ms(1, 3000),
+  /** A replica is live while its last heartbeat is < 3 x heartbeatMs old. */
+  heartbeatMs: Ms(10, 1000)
+})
+
 export const TopSchema = closed({
   server: ServerSchema,
   admin: AdminSchema,
   lattice: LatticeSchema,
+  fleet: Type.Optional(FleetSchema),
   services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {}, additionalProperties: false }),
   routes: Type.Array(Type.Unknown(), { default: [] })
 })
@@ -192,6 +204,7 @@ export const TopSchema = closed({
 export type ServerConfig = Static<typeof ServerSchema> & { logLevel: string }
 export type AdminConfig = Static<typeof AdminSchema>
 export type LatticeConfig = Static<typeof LatticeSchema>
+export type FleetConfig = Static<typeof FleetSchema>
 export type LatticeOrigin = Static<typeof LatticeOriginSchema>['lattice']
 type ServiceRaw = Static<typeof ServiceSchema>
 export type ProxyRoute = Static<typeof ProxyRouteSchema>
@@ -216,6 +229,8 @@ export interface GatewayConfig {
   server: ServerConfig
   admin: AdminConfig
   lattice: LatticeConfig
+  /** Absent: each process keeps its own control state. */
+  fleet?: FleetConfig
   services: Record<string, ServiceConfig>
   routes: RouteConfig[]
 }

@@ -133,22 +133,7 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
    * every deployment's weight (those left out 0), or GW_BAD_REQUEST.
    */
   parseTraffic (input: unknown): Record<string, number> {
-    if (typeof input !== 'object' || input === null || Array.isArray(input)) {
-      throw new GatewayError('GW_BAD_REQUEST', `body must be a JSON object of deployment: weight, e.g. ${this.#example()}`)
-    }
-    const next: Record<string, number> = {}
-    for (const dep of this.groups.keys()) next[dep] = 0
-    const problems: string[] = []
-    for (const [dep, w] of Object.entries(input)) {
-      if (!this.groups.has(dep)) problems.push(`unknown deployment "${dep}" (${this.name} has: ${[...this.groups.keys()].join(', ')})`)
-      else if (typeof w !== 'number' || !Number.isSafeInteger(w) || w < 0) problems.push(`weight of "${dep}" must be a non-negative integer (got ${JSON.stringify(w)})`)
-      else next[dep] = w
-    }
-    if (problems.length === 0 && Object.values(next).every((w) => w === 0)) {
-      problems.push(`all weights would be 0; at least one deployment needs traffic (deployments left out get 0), e.g. ${this.#example()}`)
-    }
-    if (problems.length > 0) throw new GatewayError('GW_BAD_REQUEST', problems.join('; '))
-    return next
+    return parseWeights(this.name, [...this.groups.keys()], input)
   }
 
   /**
@@ -250,12 +235,6 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
   }
   // --- end rollouts ---
 
-  /** An example body for error messages: everything on the last deployment. */
-  #example (): string {
-    const names = [...this.groups.keys()]
-    return JSON.stringify(Object.fromEntries(names.map((n, i) => [n, i === names.length - 1 ? 100 : 0])))
-  }
-
   #stickyKey (headers: IncomingHttpHeaders): string | null {
     if (this.#stickyHeader !== null) {
       const v = headers[this.#stickyHeader]
@@ -284,6 +263,33 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
     }
     return { weights: Object.freeze(weights), bounds, groups, total }
   }
+}
+
+/**
+ * The rules of `Service.setTraffic` over a service's deployment names (in
+ * config order): every deployment's weight (those left out 0), or
+ * GW_BAD_REQUEST for a non-object, an unknown deployment, a negative or
+ * non-integer weight, or all weights 0.
+ */
+export function parseWeights (service: string, deployments: readonly string[], input: unknown): Record<string, number> {
+  // An example body for error messages: everything on the last deployment.
+  const example = (): string => JSON.stringify(Object.fromEntries(deployments.map((n, i) => [n, i === deployments.length - 1 ? 100 : 0])))
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    throw new GatewayError('GW_BAD_REQUEST', `body must be a JSON object of deployment: weight, e.g. ${example()}`)
+  }
+  const next: Record<string, number> = {}
+  for (const dep of deployments) next[dep] = 0
+  const problems: string[] = []
+  for (const [dep, w] of Object.entries(input)) {
+    if (!deployments.includes(dep)) problems.push(`unknown deployment "${dep}" (${service} has: ${deployments.join(', ')})`)
+    else if (typeof w !== 'number' || !Number.isSafeInteger(w) || w < 0) problems.push(`weight of "${dep}" must be a non-negative integer (got ${JSON.stringify(w)})`)
+    else next[dep] = w
+  }
+  if (problems.length === 0 && Object.values(next).every((w) => w === 0)) {
+    problems.push(`all weights would be 0; at least one deployment needs traffic (deployments left out get 0), e.g. ${example()}`)
+  }
+  if (problems.length > 0) throw new GatewayError('GW_BAD_REQUEST', problems.join('; '))
+  return next
 }
 
 /** A stable bucket 0–99 for a sticky key (FNV-1a, 32 bit). */
