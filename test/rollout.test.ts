@@ -19,12 +19,15 @@ t.teardown(() => client.close())
 
 interface Teardown { teardown(fn: () => unknown): void }
 
-/** green fails `failEvery` of every 10 requests (503) and answers after `delayMs`. */
+/** green fails `failIn10` of every 10 requests (503) and answers after `delayMs`. */
 async function setup (t: Teardown, green: { failIn10?: number, delayMs?: number } = {}, extra: Record<string, unknown> = {}) {
   const blue = await startUpstream('blue', (_req, res) => json(res, 200, { colour: 'blue' }))
-  let n = 0
-  const greenUp = await startUpstream('green', (_req, res) => {
-    const fail = (n++ % 10) < (green.failIn10 ?? 0)
+  // A count per method: the first requests of each method fail, then 3 of every 10.
+  const n = new Map<string, number>()
+  const greenUp = await startUpstream('green', (req, res) => {
+    const k = n.get(req.method ?? '') ?? 0
+    n.set(req.method ?? '', k + 1)
+    const fail = (k % 10) < (green.failIn10 ?? 0)
     const answer = (): void => fail ? json(res, 503, { colour: 'green', failed: true }) : json(res, 200, { colour: 'green' })
     if ((green.delayMs ?? 0) > 0) setTimeout(answer, green.delayMs)
     else answer()

@@ -85,6 +85,8 @@ export interface RolloutView {
 
 /** The whole state, as a store keeps it: the view plus what a new driver needs to continue. */
 export interface RolloutState extends RolloutView {
+  /** Revision per service, +1 on every stored change (compare-and-set in a fleet's store). */
+  rev: number
   /** Epoch ms when the current step's window began (a resumed driver keeps it). */
   stepStartedMs: number
   /** Counts per process (replica id) and deployment at the start of the current step's window. */
@@ -95,10 +97,15 @@ export interface RolloutState extends RolloutView {
 export interface RolloutBackend {
   /** This process's id in the counts (the control plane's replica id). */
   readonly self: string
-  /** Cumulative window counts of every live process, by process id then deployment. */
-  counts(service: string): Promise<Record<string, Record<string, Counts>>>
-  /** Stores a rollout's state (the fleet commits it; alone: nothing to do). */
-  save(state: RolloutState): Promise<void>
+  /** True while this process drives rollouts (runs their timers); alone: always. */
+  readonly driving: boolean
+  /** Cumulative window counts of every live process for this rollout, by process id then deployment. */
+  counts(service: string, rollout: string): Promise<Record<string, Record<string, Counts>>>
+  /**
+   * Stores a rollout's state when the stored revision is `expectedRev`
+   * (0: nothing stored); otherwise throws GW_CONFLICT (it changed elsewhere).
+   */
+  save(state: RolloutState, expectedRev: number): Promise<void>
 }
 
 /** A rollout event: one log line each. */
@@ -134,6 +141,7 @@ const MAX_ANALYSES = 100
 /** The process's own counts: the services' windows. */
 export class LocalRolloutBackend implements RolloutBackend {
   readonly self: string
+  readonly driving = true
   readonly #registry: Registry
   constructor (registry: Registry, self: string) {
     this.#registry = registry
@@ -141,11 +149,16 @@ export class LocalRolloutBackend implements RolloutBackend {
   }
 
   async counts (service: string): Promise<Record<string, Record<string, Counts>>> {
-    const tap = this.#registry.get(service)?.rolloutTap ?? null
-    return tap === null ? {} : { [this.self]: tap.window.counts() }
+    return ownCounts(this.#registry, service, this.self)
   }
 
   async save (): Promise<void> {}
+}
+
+/** This process's window counts of a service's active rollout, keyed by `self`. */
+export function ownCounts (registry: Registry, service: string, self: string): Record<string, Record<string, Counts>> {
+  const tap = registry.get(service)?.rolloutTap ?? null
+  return tap === null ? {} : { [self]: tap.window.counts() }
 }
 
 export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
@@ -203,6 +216,7 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
       if (to === from) throw new GatewayError('GW_BAD_REQUEST', `"${to}" is the baseline of ${serviceName} (the deployment with the highest weight); name the candidate`)
       const now = Date.now()
       const state: RolloutState = {
+        rev: (current?.rev ?? 0) + 1,
         id: randomUUID(),
         service: serviceName,
         from,
@@ -221,37 +235,41 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
         stepStart: {}
       }
       this.#activate(service, state)
-      this.#states.set(serviceName, state)
-      this.#event(state, 'start', `rollout ${state.id} of ${serviceName}: ${from} -> ${to} in steps ${state.steps.join(', ')} every ${state.stepIntervalMs} ms (by ${by})`)
       try {
-        await this.#enterStep(state, 0)
+        // The candidate's weight is what was stored: set it only once stored.
+        state.weight = state.steps[0]!
+        state.stepStart = await this.#backend.counts(serviceName, state.id)
+        await this.#backend.save(state, current?.rev ?? 0)
       } catch (err) {
-        // Nothing moved (the store is down, say): no rollout.
-        this.#states.delete(serviceName)
-        if (current !== undefined) this.#states.set(serviceName, current)
         service.setRolloutTap(null)
         throw err
       }
-      return view(state)
+      this.#states.set(serviceName, state)
+      this.#event(state, 'start', `rollout ${state.id} of ${serviceName}: ${from} -> ${to} in steps ${state.steps.join(', ')} every ${state.stepIntervalMs} ms (by ${by})`)
+      await this.#applyStep(state)
+      return view(this.#states.get(serviceName)!)
     })
   }
 
   pause (serviceName: string): Promise<RolloutView> {
     return this.#action(serviceName, ['running'], async (s) => {
       this.#clearTimer(serviceName)
-      s.status = 'paused'
-      await this.#save(s)
-      this.#event(s, 'pause', `rollout ${s.id} of ${s.service} paused at step ${s.step} (${s.to} at ${s.weight})`)
+      const next = await this.#commit(s, (d) => { d.status = 'paused' })
+      this.#event(next, 'pause', `rollout ${s.id} of ${s.service} paused at step ${s.step + 1} (${s.to} at ${s.weight})`)
     })
   }
 
   resume (serviceName: string): Promise<RolloutView> {
     return this.#action(serviceName, ['paused'], async (s) => {
-      s.status = 'running'
       // A fresh window: what happened while paused is not this step's evidence.
-      await this.#restartWindow(s)
-      this.#event(s, 'resume', `rollout ${s.id} of ${s.service} resumed at step ${s.step} (${s.to} at ${s.weight})`)
-      this.#schedule(s, s.stepIntervalMs)
+      const stepStart = await this.#backend.counts(s.service, s.id)
+      const next = await this.#commit(s, (d) => {
+        d.status = 'running'
+        d.stepStart = stepStart
+        d.stepStartedMs = Date.now()
+      })
+      this.#event(next, 'resume', `rollout ${s.id} of ${s.service} resumed at step ${s.step + 1} (${s.to} at ${s.weight})`)
+      this.#schedule(next, next.stepIntervalMs)
     })
   }
 
@@ -268,32 +286,44 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
   }
 
   /**
-   * Takes over a stored rollout (a new driver after the old one died, or a
-   * replica learning of a rollout it does not drive): `drive` continues its
-   * timers from the stored step start.
+   * Takes in the stored rollouts (a fleet's backend calls this at every
+   * heartbeat): a replica learns of a rollout started elsewhere (its guard
+   * and its window follow), and the driver — a new one after the old died —
+   * continues a running rollout's timers from its stored step start.
    */
-  adopt (state: RolloutState, drive: boolean): void {
-    const service = this.#registry.get(state.service)
-    if (service === undefined) return
-    const known = this.#states.get(state.service)
-    this.#states.set(state.service, state)
-    if (!ACTIVE.has(state.status)) {
-      this.#clearTimer(state.service)
-      service.setRolloutTap(null)
-      return
-    }
-    const tap = service.rolloutTap
-    if (tap === null || known?.id !== state.id) this.#activate(service, state)
-    if (!drive) {
-      this.#clearTimer(state.service)
-      return
-    }
-    if (state.driver !== this.#backend.self) {
-      state.driver = this.#backend.self
-      void this.#serial(state.service, () => this.#save(state)).catch(() => {})
-    }
-    if (state.status === 'running' && !this.#timers.has(state.service)) {
-      this.#schedule(state, Math.max(0, state.stepStartedMs + state.stepIntervalMs - Date.now()))
+  async sync (stored: readonly RolloutState[]): Promise<void> {
+    for (const state of stored) {
+      const service = this.#registry.get(state.service)
+      if (service === undefined) continue
+      await this.#serial(state.service, async () => {
+        let s = this.#states.get(state.service)
+        if (s === undefined || s.id !== state.id || s.rev < state.rev) {
+          if (s?.id !== state.id || !ACTIVE.has(state.status)) this.#clearTimer(state.service)
+          s = state
+          this.#states.set(state.service, s)
+        }
+        if (!ACTIVE.has(s.status)) {
+          this.#clearTimer(s.service)
+          if (service.rolloutTap !== null) service.setRolloutTap(null)
+          return
+        }
+        const tap = service.rolloutTap
+        if (tap === null || tap.candidate !== service.groups.get(s.to)) this.#activate(service, s)
+        if (!this.#backend.driving) {
+          this.#clearTimer(s.service)
+          return
+        }
+        if (s.driver !== this.#backend.self) {
+          const prev = s.driver
+          s = await this.#commit(s, () => {})
+          this.#event(s, 'resume', `rollout ${s.id} of ${s.service}: driven by ${this.#backend.self} now (was ${prev}), at step ${s.step + 1} (${s.to} at ${s.weight})`)
+        }
+        if (s.status === 'running' && !this.#timers.has(s.service)) {
+          this.#schedule(s, Math.max(0, s.stepStartedMs + s.stepIntervalMs - Date.now()))
+        }
+      }).catch((err: unknown) => {
+        this.#event(state, 'error', `rollout ${state.id} of ${state.service}: ${err instanceof Error ? err.message : String(err)}`)
+      })
     }
   }
 
@@ -313,30 +343,37 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
       if (s === undefined) throw new GatewayError('GW_NO_ROLLOUT', `service ${serviceName} has had no rollout`)
       if (!allowed.includes(s.status)) throw new GatewayError('GW_CONFLICT', `rollout ${s.id} of ${serviceName} is ${s.status}; this needs it ${allowed.join(' or ')}`)
       await fn(s)
-      return view(s)
+      return view(this.#states.get(serviceName)!)
     })
   }
 
+  /** Stores the next step (a fresh window), then moves the weights to it. */
   async #enterStep (s: RolloutState, step: number): Promise<void> {
-    const weight = s.steps[step]!
-    await this.#setWeights(s, weight, `rollout ${s.id} step ${step + 1}/${s.steps.length}: ${s.to} at ${weight}`)
-    s.step = step
-    s.weight = weight
-    await this.#restartWindow(s)
-    this.#event(s, 'step', `rollout ${s.id} of ${s.service}: step ${step + 1}/${s.steps.length}, ${s.to} at ${weight}, ${s.from} at ${100 - weight}`)
-    this.#schedule(s, s.stepIntervalMs)
+    const stepStart = await this.#backend.counts(s.service, s.id)
+    const next = await this.#commit(s, (d) => {
+      d.step = step
+      d.weight = d.steps[step]!
+      d.stepStart = stepStart
+      d.stepStartedMs = Date.now()
+    })
+    await this.#applyStep(next)
   }
 
-  async #restartWindow (s: RolloutState): Promise<void> {
-    s.stepStart = await this.#backend.counts(s.service)
-    s.stepStartedMs = Date.now()
-    await this.#save(s)
+  /** Weights to the stored step, then its timer. */
+  async #applyStep (s: RolloutState): Promise<void> {
+    await this.#setWeights(s, s.weight, `rollout ${s.id} step ${s.step + 1}/${s.steps.length}: ${s.to} at ${s.weight}`)
+    this.#event(s, 'step', `rollout ${s.id} of ${s.service}: step ${s.step + 1}/${s.steps.length}, ${s.to} at ${s.weight}, ${s.from} at ${100 - s.weight}`)
+    this.#schedule(s, s.stepIntervalMs)
   }
 
   /** The end of a step's interval (or a wait for more requests): judge it. */
   async #tick (s: RolloutState): Promise<void> {
-    if (s.status !== 'running' || this.#closed) return
-    const now = await this.#backend.counts(s.service)
+    if (s.status !== 'running' || this.#closed || !this.#backend.driving) return
+    // The stored step is the truth: weights that did not follow it (a change
+    // that failed, a driver that died between the two) follow it now.
+    const service = this.#service(s.service)
+    if ((service.traffic[s.to] ?? 0) !== s.weight) await this.#setWeights(s, s.weight, `rollout ${s.id} step ${s.step + 1}/${s.steps.length}: ${s.to} at ${s.weight}`)
+    const now = await this.#backend.counts(s.service, s.id)
     const cand = windowOf(now, s.stepStart, s.to)
     const base = windowOf(now, s.stepStart, s.from)
     const a = s.analysis
@@ -344,47 +381,70 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
     if (cand.requests < a.minRequests) {
       const waited = Math.floor(elapsed / s.stepIntervalMs) - 1
       if (waited < MAX_WAIT_INTERVALS) {
-        this.#event(s, 'wait', `rollout ${s.id} of ${s.service}: step ${s.step + 1} has ${cand.requests} candidate requests of ${a.minRequests} needed; waiting (${waited + 1}/${MAX_WAIT_INTERVALS} extra intervals)`)
+        this.#event(s, 'wait', `rollout ${s.id} of ${s.service}: step ${s.step + 1} has ${cand.requests} candidate requests of ${a.minRequests} needed; waiting (at most ${MAX_WAIT_INTERVALS} more intervals)`)
         // Re-checked every quarter interval: the analysis runs as soon as there are enough.
         this.#schedule(s, Math.max(1, Math.floor(s.stepIntervalMs / 4)))
         return
       }
     }
     const analysis = judge(s, cand, base)
-    s.analyses.push(analysis)
-    if (s.analyses.length > MAX_ANALYSES) s.analyses.splice(0, s.analyses.length - MAX_ANALYSES)
+    const failures = s.failures + (analysis.passed ? 0 : 1)
+    const push = (d: RolloutState): void => {
+      d.analyses.push(analysis)
+      if (d.analyses.length > MAX_ANALYSES) d.analyses.splice(0, d.analyses.length - MAX_ANALYSES)
+      d.failures = failures
+    }
     this.#event(s, 'analysis', `rollout ${s.id} of ${s.service}: step ${s.step + 1} analysis ${analysis.passed ? 'passed' : 'failed'}: ${analysis.reason}`, { analysis })
+    if (!analysis.passed && failures >= s.failureLimit) {
+      await this.#end(s, 'rolled_back', analysis.reason, push)
+      return
+    }
     if (!analysis.passed) {
-      s.failures++
-      if (s.failures >= s.failureLimit) {
-        await this.#end(s, 'rolled_back', analysis.reason)
-        return
-      }
-      this.#event(s, 'decision', `rollout ${s.id} of ${s.service}: ${s.failures} failed analyses of ${s.failureLimit} allowed; step ${s.step + 1} is judged again`, { reason: analysis.reason })
-      await this.#restartWindow(s)
-      this.#schedule(s, s.stepIntervalMs)
+      this.#event(s, 'decision', `rollout ${s.id} of ${s.service}: ${failures} failed analyses of ${s.failureLimit} allowed; step ${s.step + 1} is judged again`, { reason: analysis.reason })
+      const next = await this.#commit(s, (d) => {
+        push(d)
+        d.stepStart = now
+        d.stepStartedMs = Date.now()
+      })
+      this.#schedule(next, next.stepIntervalMs)
       return
     }
     if (s.step === s.steps.length - 1) {
-      await this.#end(s, 'promoted', `every step passed; last: ${analysis.reason}`)
+      await this.#end(s, 'promoted', `every step passed; last: ${analysis.reason}`, push)
       return
     }
     this.#event(s, 'decision', `rollout ${s.id} of ${s.service}: step ${s.step + 1} passed; next ${s.to} at ${s.steps[s.step + 1]}`)
-    await this.#enterStep(s, s.step + 1)
+    const next = await this.#commit(s, push)
+    await this.#enterStep(next, s.step + 1)
   }
 
-  async #end (s: RolloutState, status: RolloutResult, reason: string): Promise<void> {
+  /** Weights first (the baseline back, or the candidate at 100), then the stored end. */
+  async #end (s: RolloutState, status: RolloutResult, reason: string, also?: (d: RolloutState) => void): Promise<void> {
     this.#clearTimer(s.service)
     const weight = status === 'promoted' ? 100 : 0
     const label = status === 'rolled_back' ? `rolled back: ${reason}` : status === 'aborted' ? reason : `promoted: ${reason}`
     await this.#setWeights(s, weight, `rollout ${s.id} ${label}`)
-    s.weight = weight
-    s.status = status
-    s.reason = reason
-    await this.#save(s).catch(() => {})
+    const next = await this.#commit(s, (d) => {
+      also?.(d)
+      d.weight = weight
+      d.status = status
+      d.reason = reason
+    })
     this.#registry.get(s.service)?.setRolloutTap(null)
     this.#onEnd?.(s.service, status)
-    this.#event(s, 'decision', `rollout ${s.id} of ${s.service} ${status === 'rolled_back' ? 'rolled back' : status}: ${reason}`, { reason })
+    this.#event(next, 'decision', `rollout ${s.id} of ${s.service} ${status === 'rolled_back' ? 'rolled back' : status}: ${reason}`, { reason })
+  }
+
+  /** Stores the next revision of a rollout (GW_CONFLICT when it changed elsewhere); the stored copy becomes current. */
+  async #commit (s: RolloutState, change: (draft: RolloutState) => void): Promise<RolloutState> {
+    const next = structuredClone(s)
+    change(next)
+    next.rev = s.rev + 1
+    next.updatedAt = new Date().toISOString()
+    next.driver = this.#backend.driving ? this.#backend.self : s.driver
+    await this.#backend.save(next, s.rev)
+    this.#states.set(next.service, next)
+    return next
   }
 
   async #setWeights (s: RolloutState, weight: number, reason: string): Promise<void> {
@@ -396,14 +456,9 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
     await this.#control.changeTraffic({ service: s.service, weights, source: 'rollout', by: `rollout ${s.id}`, reason })
   }
 
-  async #save (s: RolloutState): Promise<void> {
-    s.updatedAt = new Date().toISOString()
-    await this.#backend.save(s)
-  }
-
   #schedule (s: RolloutState, ms: number): void {
     this.#clearTimer(s.service)
-    if (this.#closed) return
+    if (this.#closed || !this.#backend.driving) return
     const id = s.id
     const timer = setTimeout(() => {
       this.#timers.delete(s.service)
