@@ -104,7 +104,12 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   if (fleet !== null) metrics.bindFleet(fleet)
   // Rollouts (SPEC §11): weight changes through the control plane, one log line per transition.
   metrics.bindRollouts(registry)
-  const rollouts = new RolloutManager({ registry, control, onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
+  // With a fleet store (not in a cluster worker, whose primary holds the connection): one driver, state and counts in PostgreSQL.
+  const fleetPool = control.fleet?.pool ?? null
+  const rolloutBackend = config.fleet !== undefined && control.fleet !== undefined && fleetPool !== null
+    ? new (await import('./rollout/lease.js')).FleetRolloutBackend({ fleet: control.fleet, pool: fleetPool, registry, self: control.replicaId, url: config.fleet.url, heartbeatMs: config.fleet.heartbeatMs, logger })
+    : undefined
+  const rollouts = new RolloutManager({ registry, control, ...(rolloutBackend === undefined ? {} : { backend: rolloutBackend }), onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
   rollouts.on('rollout', (e) => {
     const { message, ...fields } = e
     logger[e.action === 'error' ? 'error' : 'warn']({ event: 'rollout', ...fields }, message)
@@ -164,12 +169,14 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       registry.start()
       lattice?.start(registry.origins)
       control.start()
+      rolloutBackend?.start(rollouts)
     },
     async close () {
       phase = 'stopping'
       await app.close()
       await admin.close()
       rollouts.close()
+      await rolloutBackend?.close()
       await control.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()

@@ -327,6 +327,11 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
     }
   }
 
+  /** This process stopped driving (its lease was lost): its timers stop; the next driver continues. */
+  halt (): void {
+    for (const name of [...this.#timers.keys()]) this.#clearTimer(name)
+  }
+
   /** Stops every timer (the rollouts stay where they are; a restarted driver continues them). */
   close (): void {
     this.#closed = true
