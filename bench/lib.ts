@@ -370,7 +370,7 @@ export interface UpstreamOptions {
   pin?: boolean
 }
 
-export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean }
+export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean, failRate?: number }
 
 export interface Upstream extends Helper {
   /** Changes latency/status/health for the next requests (PUT /__bench). */

@@ -58,6 +58,22 @@ export async function migrateRollouts (pool: Pool): Promise<void> {
   }
 }
 
+/** `lattice-gateway migrate`: creates the rollout table when missing; resolves with the exit code. */
+export async function migrateRolloutStore (url: string, out: (line: string) => void, err: (line: string) => void): Promise<number> {
+  const pool = new pg.Pool({ connectionString: url, max: 1, connectionTimeoutMillis: 10000 })
+  pool.on('error', () => {})
+  try {
+    await migrateRollouts(pool)
+    out(`rollout store: table ${ROLLOUT_TABLE} present`)
+    return 0
+  } catch (e) {
+    err(`rollout store: ${e instanceof Error ? e.message : String(e)}`)
+    return 2
+  } finally {
+    await pool.end().catch(() => {})
+  }
+}
+
 interface Published { id: string, counts: Record<string, Counts> }
 
 export interface FleetRolloutOptions {
