@@ -27,6 +27,7 @@ import type { ControlPlane } from './fleet/control.js'
 import { LocalControlPlane } from './fleet/local.js'
 import { RolloutManager } from './rollout/rollout.js'
 import rolloutRoutes from '../routes/rollouts.js'
+import { WorkerRolloutBackend, type WorkerLinks } from './rollout/workers.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -56,6 +57,8 @@ export interface BuildOptions extends RegistryOptions {
   adminChange?: (change: AdminChange) => Promise<void>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
+  /** Rollouts across the workers: the admin worker drives, the others follow (src/rollout/workers.ts). */
+  rolloutWorkers?: WorkerLinks
   /** The control plane of a cluster worker whose primary holds the fleet connection. */
   controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
@@ -109,7 +112,8 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const rolloutBackend = config.fleet !== undefined && control.fleet !== undefined && fleetPool !== null
     ? new (await import('./rollout/lease.js')).FleetRolloutBackend({ fleet: control.fleet, pool: fleetPool, registry, self: control.replicaId, url: config.fleet.url, heartbeatMs: config.fleet.heartbeatMs, logger })
     : undefined
-  const rollouts = new RolloutManager({ registry, control, ...(rolloutBackend === undefined ? {} : { backend: rolloutBackend }), onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
+  const backend = rolloutBackend ?? (opts.rolloutWorkers === undefined ? undefined : new WorkerRolloutBackend(registry, control.replicaId, opts.rolloutWorkers))
+  const rollouts = new RolloutManager({ registry, control, ...(backend === undefined ? {} : { backend }), onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
   rollouts.on('rollout', (e) => {
     const { message, ...fields } = e
     logger[e.action === 'error' ? 'error' : 'warn']({ event: 'rollout', ...fields }, message)

@@ -25,11 +25,15 @@ import client from 'prom-client'
 import type { Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
 import { createLogger, type BuildOptions, type Gateway } from './app.js'
+import type { RolloutState } from './rollout/rollout.js'
+import type { Counts } from './rollout/window.js'
 
 /** A state change made through the admin API, to apply in every worker. */
 export type AdminChange =
   | { kind: 'traffic', service: string, weights: Record<string, number>, by: string, version?: number }
   | { kind: 'failback', service: string, deployment: string }
+  // Rollouts (SPEC §11): the admin worker drives; the others follow its stored state.
+  | { kind: 'rollout', service: string, state: RolloutState }
 
 type Weights = Record<string, Record<string, number>>
 
@@ -40,6 +44,8 @@ type Up =
   | { lgw: 'change', id: number, change: AdminChange }
   | { lgw: 'applied', id: number }
   | { lgw: 'metrics', id: number }
+  | { lgw: 'counts', id: number, service: string, rollout: string }
+  | { lgw: 'counted', id: number, key: string, counts: Record<string, Counts> | null }
 
 /** Primary -> worker. */
 type Down =
@@ -47,6 +53,8 @@ type Down =
   | { lgw: 'apply', id: number, change: AdminChange }
   | { lgw: 'done', id: number }
   | { lgw: 'metrics', id: number, text?: string, error?: string }
+  | { lgw: 'counts', id: number, counts: Record<string, Record<string, Counts>> }
+  | { lgw: 'count', id: number, service: string, rollout: string }
   | { lgw: 'stop' }
 
 const ADMIN_ENV = 'LATTICE_GATEWAY_ADMIN_WORKER'
@@ -87,12 +95,12 @@ export function workerRole (config: GatewayConfig): WorkerRole {
   // prom-client answers the primary's metrics requests from this registry list.
   void new client.AggregatorRegistry()
   let seq = 0
-  const waiting = new Map<number, (m: Down & { lgw: 'done' | 'metrics' }) => void>()
+  const waiting = new Map<number, (m: Down & { lgw: 'done' | 'metrics' | 'counts' }) => void>()
   let gw: Gateway | null = null
   let gotState: ((w: Weights, versions: Record<string, number>) => void) | null = null
   let stopHandler: ((reason: string) => void) | null = null
 
-  const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' }) => T): Promise<T> => {
+  const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' | 'counts' }) => T): Promise<T> => {
     const n = ++seq
     return new Promise<T>((resolve) => {
       waiting.set(n, (reply) => { waiting.delete(n); resolve(then(reply)) })
@@ -109,7 +117,15 @@ export function workerRole (config: GatewayConfig): WorkerRole {
         send({ lgw: 'applied', id: m.id })
         break
       case 'done':
-      case 'metrics': waiting.get(m.id)?.(m); break
+      case 'metrics':
+      case 'counts': waiting.get(m.id)?.(m); break
+      case 'count': {
+        // This worker's window counts of a rollout, for the admin worker's analysis.
+        const s = gw?.rollouts.state(m.service)
+        const tap = gw?.registry.get(m.service)?.rolloutTap ?? null
+        send({ lgw: 'counted', id: m.id, key: `worker ${id}`, counts: tap !== null && s?.id === m.rollout ? tap.window.counts() : null })
+        break
+      }
       // Not listening yet: nothing to drain.
       case 'stop': if (stopHandler === null) process.exit(0); else stopHandler('primary: stop'); break
     }
@@ -123,7 +139,12 @@ export function workerRole (config: GatewayConfig): WorkerRole {
       metricsText: () => ask((n) => ({ lgw: 'metrics', id: n }), (reply) => {
         if (reply.lgw === 'metrics' && reply.text !== undefined) return reply.text
         throw new Error(`cluster metrics unavailable: ${reply.lgw === 'metrics' ? reply.error ?? 'no answer' : 'no answer'}`)
-      })
+      }),
+      rolloutWorkers: {
+        driving: process.env[ADMIN_ENV] === '1',
+        broadcast: (state) => ask((n) => ({ lgw: 'change', id: n, change: { kind: 'rollout', service: state.service, state } }), () => undefined),
+        counts: (service, rollout) => ask((n) => ({ lgw: 'counts', id: n, service, rollout }), (reply) => reply.lgw === 'counts' ? reply.counts : {})
+      }
     },
     async prepare (g) {
       client.AggregatorRegistry.setRegistries([g.metrics.registry])
@@ -146,7 +167,9 @@ function apply (gw: Gateway, change: AdminChange, logger: Logger): void {
   try {
     const service = gw.registry.get(change.service)
     if (service === undefined) return
-    if (change.kind === 'traffic') {
+    if (change.kind === 'rollout') {
+      void gw.rollouts.sync([change.state])
+    } else if (change.kind === 'traffic') {
       // With a version (src/fleet/): the worker's control plane takes it too.
       if (change.version !== undefined && gw.control.adopt !== undefined) gw.control.adopt(change.service, change.weights, change.version, change.by)
       else service.setTraffic(change.weights, change.by)
@@ -169,6 +192,8 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
   const synced = new Set<Worker>()
   const listened = new Set<Worker>()
   const pending = new Map<number, { left: Set<Worker>, finish: () => void }>()
+  /** Rollout count requests: the workers still to answer and what they sent. */
+  const counting = new Map<number, { left: Set<Worker>, counts: Record<string, Record<string, Counts>>, finish: () => void }>()
   const restarts: number[] = []
   let adminWorker: Worker | null = null
   let seq = 0
@@ -180,6 +205,9 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
     const settle = (w: Worker): void => {
       for (const [n, p] of pending) {
         if (p.left.delete(w) && p.left.size === 0) { pending.delete(n); p.finish() }
+      }
+      for (const [n, p] of counting) {
+        if (p.left.delete(w) && p.left.size === 0) { counting.delete(n); p.finish() }
       }
     }
 
@@ -235,6 +263,25 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
         case 'applied': {
           const p = pending.get(m.id)
           if (p !== undefined && p.left.delete(w) && p.left.size === 0) { pending.delete(m.id); p.finish() }
+          break
+        }
+        case 'counts': {
+          // The admin worker's analysis: every other worker's window counts.
+          const reply = (counts: Record<string, Record<string, Counts>>): void => { if (w.isConnected()) w.send({ lgw: 'counts', id: m.id, counts } satisfies Down) }
+          const others = [...synced].filter((x) => x !== w && x.isConnected())
+          if (others.length === 0) { reply({}); break }
+          const n = ++seq
+          const p = { left: new Set(others), counts: {} as Record<string, Record<string, Counts>>, finish: () => { clearTimeout(timer); reply(p.counts) } }
+          const timer = setTimeout(() => { if (counting.delete(n)) reply(p.counts) }, APPLY_TIMEOUT_MS)
+          counting.set(n, p)
+          for (const x of others) x.send({ lgw: 'count', id: n, service: m.service, rollout: m.rollout } satisfies Down)
+          break
+        }
+        case 'counted': {
+          const p = counting.get(m.id)
+          if (p === undefined) break
+          if (m.counts !== null) p.counts[m.key] = m.counts
+          if (p.left.delete(w) && p.left.size === 0) { counting.delete(m.id); p.finish() }
           break
         }
         case 'metrics':
