@@ -3,7 +3,7 @@
  * gateway while a rollout moves `review` from blue to green.
  *
  *   npm run bench -- rollout [--duration S] [--reps N] [--connections C] [--warmup S]
- *                            [--interval MS] [--min-requests N] [--fail-rate R]
+ *                            [--interval MS] [--min-requests N] [--fail-rate R] [--p99-ratio X]
  *
  * Three tables:
  * 1. Cost on the request path, blue and green both healthy at 50/50:
@@ -89,11 +89,13 @@ export async function run (args: string[]): Promise<void> {
   const { common, values } = parseBenchArgs(args, {
     interval: { type: 'string', default: '3000' },
     'min-requests': { type: 'string', default: '200' },
-    'fail-rate': { type: 'string', default: '0.3' }
+    'fail-rate': { type: 'string', default: '0.3' },
+    'p99-ratio': { type: 'string', default: '1.5' }
   })
   const interval = Number(values.interval)
   const minRequests = Number(values['min-requests'])
   const failRate = Number(values['fail-rate'])
+  const p99Ratio = Number(values['p99-ratio'])
 
   const blue = await startUpstream({ name: 'blue' })
   const green = await startUpstream({ name: 'green' })
@@ -104,7 +106,8 @@ export async function run (args: string[]): Promise<void> {
         timeoutMs: 2000,
         healthCheck: { intervalMs: 500, timeoutMs: 400 },
         deployments: { blue: { primary: blue.url }, green: { primary: green.url } },
-        traffic: { blue: 100, green: 0 }
+        traffic: { blue: 100, green: 0 },
+        preview: { header: 'x-preview-deployment' }
       }
     },
     routes: [{ type: 'proxy', prefix: '/api/reviews', service: 'review', rewritePrefix: '/reviews' }]
@@ -173,10 +176,14 @@ export async function run (args: string[]): Promise<void> {
 
   // ---- 3. a good candidate: completes; latency per step -------------------
   await reset(gw)
+  // Warm the candidate's connections through the preview header first, as an
+  // operator would check it: otherwise its first step pays for new upstream
+  // connections that the baseline opened long ago, and the p99 ratio says so.
+  await load({ url, duration: 2, connections: common.connections, headers: { 'x-preview-deployment': 'green' } })
   const loading = measure({ url, duration: Math.ceil((interval * 3 * 2) / 1000) + 3, connections: common.connections, watch: [gw.pid] })
   await sleep(500)
   const t0 = Date.now()
-  await start(gw, { steps: [10, 50, 100], stepIntervalMs: interval, analysis: { minRequests } })
+  await start(gw, { steps: [10, 50, 100], stepIntervalMs: interval, analysis: { minRequests, maxP99Ratio: p99Ratio } })
   const end = await untilEnded(gw, interval * 15)
   const whole = await loading
   const good: Cell[][] = end.state.analyses.map((a) => [
@@ -189,7 +196,7 @@ export async function run (args: string[]): Promise<void> {
     a.passed ? 'passed' : 'failed'
   ])
   printTable({
-    title: `Rollout: good candidate, steps 10/50/100, interval ${interval} ms: ${end.state.status} in ${fmt(end.at - t0)} ms`,
+    title: `Rollout: good candidate (warmed through the preview header), steps 10/50/100, interval ${interval} ms, maxP99Ratio ${p99Ratio}: ${end.state.status} in ${fmt(end.at - t0)} ms`,
     columns: ['step', 'green requests', 'green p99 ms', 'blue requests', 'blue p99 ms', 'green/blue p99', 'analysis'],
     rows: good,
     notes: [
