@@ -13,6 +13,8 @@ import { deadPort } from './helpers/upstream.js'
 import { TOKEN, client, colourUpstream } from './helpers/colours.js'
 
 t.teardown(() => client.close())
+// Two real gateway processes start (through tsx) on a machine other test files share: room beyond the file default.
+t.setTimeout(240000)
 
 interface Replica { g: GatewayChild, url: string, admin: string, id: string }
 

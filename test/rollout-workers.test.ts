@@ -13,6 +13,8 @@ import { startUpstream, json } from './helpers/upstream.js'
 import { until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
 
 const TOKEN = 'rollout-workers-token'
+// Two real gateway processes start (through tsx) on a machine other test files share: room beyond the file default.
+t.setTimeout(240000)
 
 function getOnce (url: string): Promise<number> {
   return new Promise((resolve) => {
@@ -49,7 +51,7 @@ routes:
     for (const l of lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   })
-  await until('both workers to listen', () => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).length === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined, 30000)
+  await until('both workers to listen', () => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).length === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined, 120000)
   const gateway = logged(/^gateway listening on (http:\/\/\S+)/)!
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
   await untilHealthy(admin)

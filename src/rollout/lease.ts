@@ -179,6 +179,16 @@ export class FleetRolloutBackend implements RolloutBackend {
     if (n === 0) throw new GatewayError('GW_CONFLICT', `the rollout of ${state.service} changed on another replica meanwhile; read it again (GET /admin/services/${state.service}/rollout) and retry`)
   }
 
+  async load (service: string): Promise<RolloutState | null> {
+    try {
+      await this.#ensureSchema()
+      const r = await this.#pool.query<{ state: RolloutState }>(`SELECT state FROM ${ROLLOUT_TABLE} WHERE fleet = $1 AND service = $2`, [this.#fleet.name, service])
+      return r.rows[0]?.state ?? null
+    } catch (err) {
+      throw new GatewayError('GW_FLEET_UNAVAILABLE', 'the fleet store is unreachable: the rollout waits', { cause: err })
+    }
+  }
+
   async #ensureSchema (): Promise<void> {
     if (this.#schema) return
     await migrateRollouts(this.#pool)
