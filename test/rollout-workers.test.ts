@@ -10,7 +10,7 @@ import t from 'tap'
 import { get } from 'node:http'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
+import { until, spawnGateway, writeConfig } from './helpers/cli.js'
 
 const TOKEN = 'rollout-workers-token'
 // Two real gateway processes start (through tsx) on a machine other test files share: room beyond the file default.
@@ -54,7 +54,15 @@ routes:
   await until('both workers to listen', () => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).length === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined, 120000)
   const gateway = logged(/^gateway listening on (http:\/\/\S+)/)!
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
-  await untilHealthy(admin)
+  await until('/healthz to answer 200', async () => {
+    try {
+      const res = await request(`${admin}/healthz`)
+      await res.body.dump()
+      return res.statusCode === 200 ? true : undefined
+    } catch {
+      return undefined
+    }
+  }, 120000)
   const call = async (method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown): Promise<{ status: number, body: Record<string, unknown> }> => {
     const res = await request(`${admin}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, body: body === undefined ? undefined : JSON.stringify(body) })
     return { status: res.statusCode, body: await res.body.json() as Record<string, unknown> }
