@@ -382,6 +382,8 @@ export interface UpstreamOptions {
   pin?: boolean
   /** Answer a request with a body only once the whole body is in (default false: at once). */
   readBody?: boolean
+  /** A slow tail: every `every`th answer waits `ms` instead of `latencyMs`. */
+  tail?: { every: number, ms: number }
 }
 
 export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean, failRate?: number }
@@ -398,6 +400,7 @@ export async function startUpstream (opts: UpstreamOptions = {}): Promise<Upstre
   const name = opts.name ?? 'upstream'
   const args = ['--name', name, '--latency', String(opts.latencyMs ?? 0), '--bytes', String(opts.bytes ?? 1024), '--status', String(opts.status ?? 200)]
   if (opts.readBody === true) args.push('--read-body')
+  if (opts.tail !== undefined) args.push('--tail-every', String(opts.tail.every), '--tail-ms', String(opts.tail.ms))
   const h = await startHelper('upstream-server', args, { name, pin: opts.pin })
   const call = async (method: 'GET' | 'PUT', body?: string): Promise<UpstreamState> => {
     const res = await request(`${h.url}/__bench`, { method, body, headers: { 'content-type': 'application/json' } })
@@ -433,6 +436,8 @@ export interface GatewayOptions {
   /** Wait for /readyz 200 (every service has a healthy origin). Default true. */
   waitReady?: boolean
   timeoutMs?: number
+  /** Another build's main.js (e.g. a checkout of an earlier commit), instead of dist/src/main.js. */
+  main?: string
 }
 
 /**
@@ -454,7 +459,7 @@ export async function startGateway (config: Record<string, unknown>, opts: Gatew
   const admin = { ...(config.admin as object | undefined), host: '127.0.0.1', port: 0 }
   writeFileSync(configFile, JSON.stringify({ ...config, server, admin }, null, 2))
 
-  const main = join(DIST, 'src', 'main.js')
+  const main = opts.main ?? join(DIST, 'src', 'main.js')
   if (!existsSync(main)) throw new Error(`${main} is missing: run \`npm run build\``)
   const watchdog = join(DIST, 'bench', 'parent-watch.js')
   const preload = existsSync(watchdog) ? ['--import', watchdog] : []
@@ -579,6 +584,8 @@ export interface LoadOptions {
   pipelining?: number
   /** Per-request timeout, seconds (autocannon's; default 10). */
   timeout?: number
+  /** Paths requested in turn on `url`'s host (a key set), instead of `url`'s own path. */
+  paths?: readonly string[]
 }
 
 export interface LoadResult {
@@ -609,7 +616,8 @@ export async function load (opts: LoadOptions): Promise<LoadResult> {
     duration: Math.min(opts.duration, MAX_DURATION_S),
     connections: opts.connections,
     pipelining: opts.pipelining ?? 1,
-    timeout: opts.timeout ?? 10
+    timeout: opts.timeout ?? 10,
+    ...(opts.paths === undefined ? {} : { requests: [{ setupRequest: nextPath(opts.paths) }] })
   })
   const completed = r['1xx'] + r['2xx'] + r['3xx'] + r['4xx'] + r['5xx']
   return {
@@ -624,6 +632,12 @@ export async function load (opts: LoadOptions): Promise<LoadResult> {
     non2xx: r.non2xx,
     durationS: r.duration
   }
+}
+
+/** An autocannon `setupRequest` that walks `paths` round-robin. */
+function nextPath (paths: readonly string[]): (req: autocannon.Request) => autocannon.Request {
+  let i = 0
+  return (req) => ({ ...req, path: paths[i++ % paths.length]! })
 }
 
 export interface Sample extends LoadResult {

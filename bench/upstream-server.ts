@@ -6,7 +6,10 @@
  * from its compiled form (dist/bench/upstream-server.js) so it runs
  * without a TypeScript loader.
  *
- *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE] [--read-body]
+ *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE] [--read-body] [--tail-every N --tail-ms MS]
+ *
+ * With `--tail-every N`, every Nth request waits `--tail-ms` instead of
+ * `--latency` (a slow tail: N = 20 is 5% of answers).
  *
  * Protocol with the parent: the first stdout line is `{"port":N,"pid":P}`;
  * the process exits when its stdin closes (the bench runner died) or on
@@ -32,9 +35,13 @@ const { values } = parseArgs({
     bytes: { type: 'string', default: '1024' },
     status: { type: 'string', default: '200' },
     // Answer a request with a body only once the whole body is in (as a service that parses it does).
-    'read-body': { type: 'boolean', default: false }
+    'read-body': { type: 'boolean', default: false },
+    'tail-every': { type: 'string', default: '0' },
+    'tail-ms': { type: 'string', default: '0' }
   }
 })
+const tailEvery = Number(values['tail-every'])
+const tailMs = Number(values['tail-ms'])
 
 const name = values.name
 const state = {
@@ -104,7 +111,8 @@ const server = createServer((req, res) => {
       return
     }
   }
-  if (state.latencyMs > 0) setTimeout(answer, state.latencyMs, res)
+  const delay = tailEvery > 0 && requests % tailEvery === 0 ? tailMs : state.latencyMs
+  if (delay > 0) setTimeout(answer, delay, res)
   else answer(res)
 })
 server.keepAliveTimeout = 72_000

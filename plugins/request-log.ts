@@ -12,6 +12,8 @@ import type { ServerResponse } from 'node:http'
 import type { FastifyInstance, FastifyReply } from 'fastify'
 import pino, { type Logger } from 'pino'
 import type { Metrics } from '../src/metrics.js'
+import { queryRedactor } from '../src/http.js'
+import type { RequestTrace } from '../src/tracing/types.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -21,11 +23,15 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** Which origin answered (service/deployment/role), for the access log. */
     upstream: string | null
+    /** The request's trace (plugins/tracing.ts); null when tracing is off. */
+    trace: RequestTrace | null
   }
 }
 
 export interface RequestLogOptions {
   metrics: Metrics | null
+  /** Query parameters written as `[redacted]` (server.redactQueryParams). */
+  redactQueryParams?: readonly string[]
 }
 
 const kReply = Symbol('lattice-gateway.reply')
@@ -34,7 +40,9 @@ type LoggedResponse = ServerResponse & { [kReply]?: FastifyReply }
 export default fp<RequestLogOptions>(async function requestLog (fastify: FastifyInstance, opts) {
   const metrics = opts.metrics
   const access = accessLogWriter(fastify.log as unknown as Logger)
+  const redact = queryRedactor(opts.redactQueryParams ?? [])
   fastify.decorateRequest('upstream', null)
+  fastify.decorateRequest('trace', null)
   // The line is written when the response closes — finished, or cut short
   // because the client went away (or the gateway cut it): 'close' comes
   // exactly once either way, where fastify's onResponse only follows a
@@ -50,7 +58,7 @@ export default fp<RequestLogOptions>(async function requestLog (fastify: Fastify
     const ms = reply.elapsedTime
     if (metrics !== null) metrics.observeRequest(route, request.method, status, ms / 1000)
     // originalUrl: a request the front door refused was rewritten to `/`.
-    if (access !== null) access(request.id, route, request.method, request.originalUrl, status, ms, request.upstream, aborted)
+    if (access !== null) access(request.id, route, request.method, redact === null ? request.originalUrl : redact(request.originalUrl), status, ms, request.upstream, aborted, request.trace === null ? null : request.trace.ids)
   }
   fastify.addHook('onRequest', function (request, reply, done) {
     reply.header('x-request-id', request.id)
@@ -61,7 +69,7 @@ export default fp<RequestLogOptions>(async function requestLog (fastify: Fastify
   })
 }, { name: 'gateway-request-log' })
 
-type AccessLog = (reqId: string, route: string, method: string, url: string, status: number, ms: number, upstream: string | null, aborted: boolean) => void
+type AccessLog = (reqId: string, route: string, method: string, url: string, status: number, ms: number, upstream: string | null, aborted: boolean, trace: RequestTrace['ids']) => void
 
 /**
  * The access-log line, written as pino would write
@@ -77,13 +85,14 @@ function accessLogWriter (logger: Logger): AccessLog | null {
   const stream = internals[pino.symbols.streamSym] as { write(line: string): unknown }
   const bindings = ownBindings(internals[pino.symbols.chindingsSym] as string)
   const level = logger.levels.values.info
-  return (reqId, route, method, url, status, ms, upstream, aborted) => {
-    stream.write(`{"level":${level},"time":${Date.now()}${bindings},"reqId":${JSON.stringify(reqId)},"route":${JSON.stringify(route)},"method":${JSON.stringify(method)},"url":${JSON.stringify(url)},"status":${status},"durationMs":${Math.round(ms * 100) / 100},"upstream":${upstream === null ? 'null' : JSON.stringify(upstream)}${aborted ? ',"aborted":true' : ''},"msg":"request"}\n`)
+  return (reqId, route, method, url, status, ms, upstream, aborted, trace) => {
+    // trace_id/span_id: only on a sampled request (hex ids, no escaping needed).
+    stream.write(`{"level":${level},"time":${Date.now()}${bindings},"reqId":${JSON.stringify(reqId)},"route":${JSON.stringify(route)},"method":${JSON.stringify(method)},"url":${JSON.stringify(url)},"status":${status},"durationMs":${Math.round(ms * 100) / 100},"upstream":${upstream === null ? 'null' : JSON.stringify(upstream)}${aborted ? ',"aborted":true' : ''}${trace === null ? '' : `,"trace_id":"${trace.trace_id}","span_id":"${trace.span_id}"`},"msg":"request"}\n`)
   }
 }
 
 /** The keys the access line writes itself. */
-const ACCESS_KEYS = new Set(['level', 'time', 'reqId', 'route', 'method', 'url', 'status', 'durationMs', 'upstream', 'aborted', 'msg'])
+const ACCESS_KEYS = new Set(['level', 'time', 'reqId', 'route', 'method', 'url', 'status', 'durationMs', 'upstream', 'aborted', 'trace_id', 'span_id', 'msg'])
 
 /**
  * The logger's bindings (pino's serialised `,"k":v` string) without the

@@ -19,6 +19,8 @@ import { endToEnd } from '../src/http.js'
 import type { ProxyRoute } from '../src/config/schema.js'
 import type { Service } from '../src/upstream/service.js'
 import type { RequestBody, UpstreamResponse } from '../src/upstream/origin-group.js'
+import { ProxyCache, type CacheMetricsSource } from '../src/cache/proxy-cache.js'
+import type { ResponseCache } from '../src/cache/store.js'
 
 export interface ProxyRouteOptions {
   route: ProxyRoute
@@ -27,6 +29,9 @@ export interface ProxyRouteOptions {
   /** `server.requestBufferBytes` and `server.clientBodyTimeoutMs` (SPEC §17). */
   bufferBytes: number
   bodyTimeoutMs: number
+  /** The process's response cache and counters (SPEC §12), for a route with `cache:`. */
+  cache?: ResponseCache | null
+  metrics?: CacheMetricsSource | null
 }
 
 const METHODS = ['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE']
@@ -39,6 +44,7 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
   const retryMethods = service.policy.methods
   const label = route.prefix
   const maxResponse = route.maxResponseBytes
+  const cache = route.cache !== undefined && opts.cache != null ? new ProxyCache(route.cache, service.name, opts.cache, label, opts.metrics ?? null) : null
 
   // Leave bodies on the socket: this scope's only parser hands nothing over.
   fastify.removeAllContentTypeParsers()
@@ -55,14 +61,22 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
     headers['x-forwarded-for'] = xff === undefined ? request.ip : `${Array.isArray(xff) ? xff.join(', ') : xff}, ${request.ip}`
     headers['x-forwarded-proto'] = request.protocol
     if (request.headers.host !== undefined) headers['x-forwarded-host'] = request.headers.host
+    // Response cache (SPEC §12): a fresh entry answers without an upstream call.
+    const cached = cache === null ? null : cache.lookup(request, path)
+    if (cached !== null && cached.fresh) return cache!.serve(request, reply, cached.entry!, false)
     let body = requestBody(request, bodies, retryMethods.has(request.method))
     if (body !== null && body instanceof Promise) body = await body
 
     let res: UpstreamResponse
     try {
-      res = await service.send({ method: request.method, path, headers, body }, request.headers)
+      res = await service.send({ method: request.method, path, headers, body, trace: request.trace }, request.headers)
     } catch (err) {
+      if (cached?.entry !== undefined) return cache!.serve(request, reply, cached.entry, true)
       throw upstreamFailure(err, service.name)
+    }
+    if (cached?.entry !== undefined && cache!.failed(res)) {
+      res.body.dump().catch(() => {})
+      return cache!.serve(request, reply, cached.entry, true)
     }
     request.upstream = res.origin.label
     // Hardening: a status fastify cannot send (> 599) is no answer at all.
@@ -76,6 +90,7 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
     // is still answered with a clean 502/504.
     const out = endToEnd(res.headers)
     out['x-request-id'] = request.id
+    if (cache !== null) cache.tee(request, cached, res, out)
     reply.hijack()
     relay(request, reply, res, out, service.name, maxResponse)
     return reply

@@ -15,9 +15,11 @@ import { usesLattice } from './lattice/uses.js'
 import { lazyChildLogger } from './child-logger.js'
 import { createLogger, logTransitions } from './log.js'
 import { Metrics } from './metrics.js'
+import { ResponseCache, usesCache } from './cache/store.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
+import tracingPlugin from '../plugins/tracing.js'
 import limits, { frontDoor } from '../plugins/limits.js'
 import overload from '../plugins/overload.js'
 import methods from '../plugins/methods.js'
@@ -25,12 +27,14 @@ import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
+import type { Tracing } from './tracing/types.js'
 import type { ControlPlane } from './fleet/control.js'
 import type { FleetEvents } from './fleet/fleet.js'
 import { LocalControlPlane } from './fleet/local.js'
 import { RolloutManager } from './rollout/rollout.js'
 import rolloutRoutes from '../routes/rollouts.js'
 import { WorkerRolloutBackend, type WorkerLinks } from './rollout/workers.js'
+import { createRouteGuards } from './auth/route-guard.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -38,6 +42,8 @@ export interface Gateway {
   registry: Registry
   metrics: Metrics
   logger: Logger
+  /** OpenTelemetry tracing (src/tracing); null when `tracing.otlpEndpoint` is not set. */
+  tracing: Tracing | null
   /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
   control: ControlPlane
   /** Rollouts of every service (SPEC §11). */
@@ -65,6 +71,10 @@ export interface BuildOptions extends RegistryOptions {
   /** The control plane of a cluster worker whose primary holds the fleet connection. */
   controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
+  /** Live replicas sharing the traffic (the fleet's); each allows ceil(rateLimit.max / this). Default 1. */
+  liveReplicas?: () => number
+  /** The response cache's clock (ms); default Date.now. Tests move time with it. */
+  cacheClock?: () => number
 }
 
 export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
@@ -78,6 +88,10 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
+  // Tracing (SPEC §13): the OpenTelemetry SDK is loaded only when an OTLP endpoint is set.
+  const tracing = config.tracing.otlpEndpoint === ''
+    ? null
+    : await (await import('./tracing/otel.js')).startTracing(config.tracing, { registry, metrics: metrics.registry, logger })
   // Fleet (src/fleet/fleet.ts): loaded only when configured, like the AWS SDK.
   const custom = opts.controlPlane?.(registry) ?? null
   const fleet = config.fleet === undefined || custom !== null
@@ -119,14 +133,23 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     forceCloseConnections: 'idle'
   })
   await app.register(errors)
-  await app.register(requestLog, { metrics })
+  await app.register(requestLog, { metrics, redactQueryParams: config.server.redactQueryParams })
+  if (tracing !== null) await app.register(tracingPlugin, { tracing })
   await app.register(limits, { server: config.server })
   await app.register(overload, { server: config.server, metrics })
+  // Edge authentication and rate limits (SPEC §14): a hook per route that has them.
+  // With fleet, rate limits split over the live replicas (SPEC §14): the count
+  // the fleet's heartbeats report, kept as a plain number for the request path.
+  let live = 1
+  if (control.fleet !== undefined && control instanceof EventEmitter) (control as EventEmitter<FleetEvents>).on('replicas', (n: number) => { live = n })
+  const guards = createRouteGuards(config, { metrics, logger, liveReplicas: opts.liveReplicas ?? (control.fleet === undefined ? undefined : () => live) })
+  // The response cache (SPEC §12): one per process, only when some route or section caches.
+  const cache = config.server.cacheMaxBytes > 0 && usesCache(config) ? new ResponseCache(config.server.cacheMaxBytes, opts.cacheClock) : null
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs })
+      await app.register(guards.wrap(route, proxyRoute), { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs, cache, metrics })
     } else {
-      await app.register(aggregateRoute, { route, registry, metrics })
+      await app.register(guards.wrap(route, aggregateRoute), { route, registry, metrics, cache })
     }
   }
   // Hostile clients: CONNECT, TRACE and methods no route serves get 405 (plugins/methods.ts).
@@ -135,7 +158,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   let phase: ListenerPhase = 'starting'
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
-  await admin.register(requestLog, { metrics: null })
+  await admin.register(requestLog, { metrics: null, redactQueryParams: config.server.redactQueryParams })
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText, unready: control.fleet === undefined ? undefined : () => control.fleet!.loaded ? [] : ['fleet'] })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
   await admin.register(rolloutRoutes, { rollouts, token: config.admin.token })
@@ -148,11 +171,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     registry,
     metrics,
     logger,
+    tracing,
     control,
     rollouts,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
+      guards.start()
       lattice?.start(registry.origins)
       control.start()
       rolloutBackend?.start(rollouts)
@@ -163,7 +188,9 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       await admin.close()
       rollouts.close()
       await rolloutBackend?.close()
+      await tracing?.shutdown()
       await control.close()
+      guards.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()

@@ -21,7 +21,8 @@
  * - `/metrics` on the admin worker asks the primary, whose prom-client
  *   AggregatorRegistry collects every worker's registry.
  * - SIGTERM/SIGINT to the primary: every worker drains (today's drain), the
- *   primary exits 0 once all are gone. A worker that dies otherwise is
+ *   primary exits once all are gone: 0, or 1 when a worker's drain failed
+ *   (or it was killed during it). A worker that dies otherwise is
  *   restarted (and logged); one that cannot start stops the whole gateway.
  * - With `fleet` (src/fleet/cluster-fleet.ts) the primary holds the one
  *   store connection of this replica: workers hand it their control-plane
@@ -123,6 +124,20 @@ export function workerRole (config: GatewayConfig): WorkerRole {
     else send({ lgw: 'failback-done', service: f.service, deployment: f.deployment })
     return result
   }
+  // A failback handed over at start-up: traffic starts on the primary only
+  // because nothing was probed yet. The request holds until this worker's
+  // own checks judge the primary: seen healthy with traffic on it, it is
+  // fulfilled; switched away from it, it becomes an ordinary request.
+  const failbackAtStart = (g: Gateway, f: Failback): void => {
+    const group = g.registry.get(f.service)?.groups.get(f.deployment)
+    if (group === undefined || group.active !== group.primary || group.secondary === null) { failback(g, f); return }
+    const onProbe = (ok: boolean): void => {
+      if (group.active === group.primary && !(ok && group.primary.healthy)) return
+      group.primary.checker.off('probe', onProbe)
+      failback(g, f)
+    }
+    group.primary.checker.on('probe', onProbe)
+  }
   let stopHandler: ((reason: string) => void) | null = null
 
   const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' | 'counts' | 'control' }) => T): Promise<T> => {
@@ -212,7 +227,7 @@ export function workerRole (config: GatewayConfig): WorkerRole {
         const version = versions[service]
         applyTraffic(g, version === undefined ? { kind: 'traffic', service, weights, by: 'cluster sync' } : { kind: 'traffic', service, weights, by: 'cluster sync', version }, logger)
       }
-      for (const f of failbacks) failback(g, f)
+      for (const f of failbacks) failbackAtStart(g, f)
     },
     listening () { send({ lgw: 'listening' }) },
     onStop (stop) { stopHandler = stop }
@@ -245,7 +260,7 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
   const aggregator = new client.AggregatorRegistry()
   const traffic: Weights = {}
   const versions: Record<string, number> = {}
-  /** Failbacks some worker has still pending, with those workers ("service\0deployment"). */
+  /** Failbacks some worker (or the replacement of one that died) has still pending, with those workers ("service\0deployment"). */
   const failbacks = new Map<string, Failback & { waiting: Set<Worker> }>()
   /** Workers that built their gateway and take changes. */
   const synced = new Set<Worker>()
@@ -303,7 +318,8 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
       for (const [n, p] of pending) {
         if (p.left.delete(w) && p.left.size === 0) { pending.delete(n); p.finish() }
       }
-      for (const [key, f] of failbacks) if (f.waiting.delete(w) && f.waiting.size === 0) failbacks.delete(key)
+      // A failback the worker still had pending stays: its replacement takes it when it syncs.
+      for (const f of failbacks.values()) f.waiting.delete(w)
       for (const [n, p] of counting) {
         if (p.left.delete(w) && p.left.size === 0) { counting.delete(n); p.finish() }
       }
@@ -439,8 +455,13 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
         if (wasAdmin) adminWorker = null
         const started = listened.delete(w)
         if (stopping) {
+          if (exitCode !== 0) {
+            // A worker whose drain failed, or that was killed during it: its in-flight requests may be lost.
+            log.error({ worker: w.id, workerPid: w.process.pid, code: exitCode, signal }, `worker ${w.id} did not drain cleanly: the gateway exits with code 1`)
+            if (code === 0) code = 1
+          }
           if (Object.keys(cluster.workers ?? {}).length === 0) {
-            log.info('stopped')
+            log.info({ exitCode: code }, 'stopped')
             resolve(code)
           }
           return

@@ -27,7 +27,11 @@ export const ErrorCodes = {
   GW_VERSION_CONFLICT: 412,
   GW_FLEET_UNAVAILABLE: 503,
   // --- rollouts (SPEC §11) ---
-  GW_NO_ROLLOUT: 404
+  GW_NO_ROLLOUT: 404,
+  // --- edge authentication (SPEC §14, §16) ---
+  GW_UNAUTHENTICATED: 401,
+  GW_RATE_LIMITED: 429,
+  GW_AUTH_UNAVAILABLE: 503
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

@@ -45,3 +45,35 @@ export function acceptRequestId (value: string | string[] | undefined): string |
   const v = Array.isArray(value) ? value[0] : value
   return v !== undefined && REQUEST_ID.test(v) ? v : null
 }
+
+/**
+ * Compiles `names` (query parameters, case-insensitive) into a function
+ * that writes their values in a URL as `[redacted]`; the rest of the URL is
+ * kept byte for byte. A URL without `?` is returned as is. Null when no
+ * name is configured.
+ */
+export function queryRedactor (names: readonly string[]): ((url: string) => string) | null {
+  if (names.length === 0) return null
+  const secret = new Set(names.map((n) => n.toLowerCase()))
+  return (url) => {
+    const q = url.indexOf('?')
+    if (q === -1) return url
+    const end = url.indexOf('#', q)
+    const query = end === -1 ? url.slice(q + 1) : url.slice(q + 1, end)
+    let changed = false
+    const parts = query.split('&')
+    for (let i = 0; i < parts.length; i++) {
+      const p = parts[i]!
+      const eq = p.indexOf('=')
+      const raw = eq === -1 ? p : p.slice(0, eq)
+      let name: string
+      try { name = decodeURIComponent(raw.replaceAll('+', ' ')) } catch { name = raw }
+      if (secret.has(name.toLowerCase())) {
+        parts[i] = `${raw}=[redacted]`
+        changed = true
+      }
+    }
+    if (!changed) return url
+    return `${url.slice(0, q + 1)}${parts.join('&')}${end === -1 ? '' : url.slice(end)}`
+  }
+}

@@ -7,9 +7,10 @@
  *   lattice-gateway check FILE          validate a config file; exit 0 or 1
  *   lattice-gateway migrate --config F  create the fleet store's tables; exit 0 (2: store unreachable)
  *
- * Exit codes: 0 normal stop, 1 invalid config or arguments, 2 a port could
- * not be bound. SIGTERM/SIGINT drain: stop accepting, let in-flight
- * requests finish (up to `server.shutdownGraceMs`), close pools, exit 0.
+ * Exit codes: 0 normal stop, 1 invalid config or arguments (or a drain
+ * that failed), 2 a port could not be bound. SIGTERM/SIGINT drain: stop
+ * accepting, let in-flight requests finish (up to `server.shutdownGraceMs`),
+ * close pools, exit 0.
  */
 import { parseArgs } from 'node:util'
 import { availableParallelism } from 'node:os'
@@ -175,9 +176,10 @@ async function run (config: GatewayConfig, demo: DemoUpstream[], role: WorkerRol
           log.info('stopped')
           resolve(0)
         }, (err: unknown) => {
+          clearTimeout(force)
           clearInterval(idle)
-          log.error({ err }, 'error while stopping')
-          resolve(0)
+          log.error({ err, exitCode: 1 }, 'the drain failed: exiting with code 1')
+          resolve(1)
         })
     }
     process.on('SIGTERM', () => stop('SIGTERM'))

@@ -109,6 +109,10 @@ export class Metrics {
         const retries = this.failovers.labels(service.name, dep, 'retry')
         retries.inc(0)
         group.onRetry = () => retries.inc()
+        // SPEC §12: a second attempt sent because the first was slow.
+        const hedges = this.failovers.labels(service.name, dep, 'hedge')
+        hedges.inc(0)
+        group.onHedge = () => hedges.inc()
         for (const kind of ['switch', 'failback'] as const) this.failovers.labels(service.name, dep, kind).inc(0)
         this.trafficWeight.labels(service.name, dep).set(service.traffic[dep] ?? 0)
         this.trafficChanges.labels(service.name, dep).inc(0)
@@ -178,4 +182,31 @@ export class Metrics {
     return out
   }
   // ---- end aggregate routes ----
+
+  // ---- edge authentication (SPEC §14; compiled by src/auth/route-guard.ts) ----
+  readonly #auth = new HotCounterFamily({ name: 'gateway_auth_total', help: 'Requests on routes with auth by result: ok, unauthenticated (401), forbidden (403, the policy) or unavailable (503, no JWKS yet)', labelNames: ['route', 'result'], registers: [this.registry] })
+  readonly #rateLimited = new HotCounterFamily({ name: 'gateway_rate_limited_total', help: 'Requests refused with 429 by the route\'s rate limit', labelNames: ['route'], registers: [this.registry] })
+
+  /** Counters for one route's auth results, bound (and shown as 0) at start-up. */
+  authCounters<R extends string> (route: string, results: readonly R[]): Record<R, HotCounter> {
+    const out = {} as Record<R, HotCounter>
+    for (const r of results) out[r] = this.#auth.hot(route, r)
+    return out
+  }
+
+  /** The counter of one route's 429s, bound (and shown as 0) at start-up. */
+  rateLimitedCounter (route: string): HotCounter {
+    return this.#rateLimited.hot(route)
+  }
+  // ---- end edge authentication ----
+  // ---- response cache (SPEC §12; src/cache/) ----
+  readonly #cache = new HotCounterFamily({ name: 'gateway_cache_total', help: 'Response cache look-ups by route, section (empty for proxy routes) and result: hit, miss, stale (served because every origin failed) or bypass (not cacheable)', labelNames: ['route', 'section', 'result'], registers: [this.registry] })
+
+  /** Counters for one cached section or proxy route, bound (and shown as 0) at start-up. */
+  cacheCounters<R extends string> (route: string, section: string, results: readonly R[]): Record<R, HotCounter> {
+    const out = {} as Record<R, HotCounter>
+    for (const r of results) out[r] = this.#cache.hot(route, section, r)
+    return out
+  }
+  // ---- end response cache ----
 }

@@ -110,3 +110,15 @@ t.test('a content-length shorter than the body: the client gets exactly content-
   t.ok(raw['short content-length']!.connections >= 2, 'the poisoned upstream connection was not reused')
   await followUp(t, g, 'short content-length')
 })
+
+t.test('an upstream header block of 20 KiB (over undici\'s 16 KiB default, under the 64 KiB limit) passes', async (t) => {
+  const big = Array.from({ length: 20 }, (_, i) => `X-Big-${i}: ${String(i % 10).repeat(1024)}\r\n`).join('')
+  const upstream = await startRawUpstream((s) => s.end(`HTTP/1.1 200 OK\r\n${big}Content-Length: 2\r\n\r\nok`))
+  const g = await startGateway({ services: { big: fastService({ primary: upstream.url }) }, routes: [{ type: 'proxy', prefix: '/big', service: 'big' }] }, { start: false })
+  t.teardown(async () => { await g.close(); await upstream.close() })
+  const r = await rawRequest(g.url, get('/big/x'), { timeoutMs: 5000 })
+  t.equal(r.status, 200, 'the answer passes')
+  t.equal(r.body, 'ok')
+  t.ok(big.length > 20 * 1024, `the block is ${big.length} bytes`)
+  for (let i = 0; i < 20; i++) t.equal(r.headers[`x-big-${i}`]?.length, 1024, `header x-big-${i} arrives whole`)
+})

@@ -11,13 +11,16 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { root, childEnv } from './helpers/cli.js'
 
+// Child processes start slowly on a busy machine: room for it.
+t.setTimeout(300000)
+
 const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-cli-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
 
 interface Run { code: number | null, stdout: string, stderr: string }
 
 /** Runs the CLI from source, as `npx lattice-gateway ...` would; kills it after `timeoutMs`. */
-function cli (args: string[], timeoutMs = 20000): Promise<Run> {
+function cli (args: string[], timeoutMs = 120000): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', ...args], { cwd: root, env: { ...childEnv, GATEWAY_ADMIN_TOKEN: '' }, stdio: ['ignore', 'pipe', 'pipe'] })
     let stdout = ''

@@ -16,7 +16,11 @@ import { get, createServer as createHttpServer } from 'node:http'
 import { createServer, type AddressInfo } from 'node:net'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { root, childEnv, until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
+import { root, childEnv, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
+import { until } from './helpers/until.js'
+
+// Child processes (a primary and its workers) start slowly on a busy machine: room for it.
+t.setTimeout(300000)
 
 const TOKEN = 'cluster-test-token'
 
@@ -86,7 +90,7 @@ routes:
   }
 
   // Workers flush their log lines a little later than the primary writes its own.
-  await until('both workers to listen', () => { alive(); return workerPids().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined })
+  await until(() => { alive(); return workerPids().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined }, { what: 'both workers to listen' })
   const gateway = logged(/^gateway listening on (http:\/\/\S+)/)!
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
   t.equal(lines.filter((l) => /^admin listening on/.test(String(l.msg))).length, 1, 'one worker holds the admin listener')
@@ -101,13 +105,13 @@ routes:
   t.same(await names(gateway, 16), Array(16).fill('blue'), 'before any change: all blue')
   t.same(await setTraffic({ green: 100 }), { blue: 0, green: 100 }, 'the admin API answers with the new weights')
   t.same(await names(gateway, 40), Array(40).fill('green'), 'right after the answer every worker sends to green')
-  const pids = await until('access-log lines of two workers', () => servedBy().size >= 2 ? [...servedBy().keys()] : undefined, 5000)
+  const pids = await until(() => servedBy().size >= 2 ? [...servedBy().keys()] : undefined, { what: 'access-log lines of two workers' })
   t.ok(pids.every((p) => [...workerPids().values()].includes(p)) && new Set(pids).size === 2, `requests were served by two worker processes (${pids.join(', ')})`)
 
   // A worker killed from outside: the primary restarts it, and it takes the current weights (green) before it listens.
   const [, victimPid] = [...workerPids()].find(([id]) => id !== 1)!
   process.kill(victimPid, 'SIGKILL')
-  await until('the replacement worker to listen', () => { alive(); return workerPids().size === 3 ? true : undefined })
+  await until(() => { alive(); return workerPids().size === 3 ? true : undefined }, { what: 'the replacement worker to listen' })
   t.match(logged(/^(worker \d+ exited unexpectedly: restarted as worker \d+)$/), /restarted as worker 3/, 'the restart is logged')
   t.same(await names(gateway, 24), Array(24).fill('green'), 'the restarted worker sends to green too')
 
@@ -120,13 +124,13 @@ routes:
 
   // /metrics: the live workers' requests, summed (the killed worker's counts went with it).
   const live = [...workerPids()].filter(([, pid]) => pid !== victimPid).map(([, pid]) => pid)
-  const counted = await until('/metrics to count the live workers\' requests', async () => {
+  const counted = await until(async () => {
     const res = await request(`${admin}/metrics`)
     const text = await res.body.text()
     const m = /^gateway_requests_total\{route="\/app",method="GET",status="200"\} (\d+)$/m.exec(text)
     const fromLogs = live.reduce((sum, pid) => sum + (servedBy().get(pid) ?? 0), 0)
     return m !== null && Number(m[1]) === fromLogs && /gateway_traffic_weight\{service="app",deployment="blue"\} 100$/m.test(text) ? fromLogs : undefined
-  }, 5000)
+  }, { what: '/metrics to count the live workers\' requests' })
   t.ok(counted > (servedBy().get(live[0]!) ?? 0) && counted > (servedBy().get(live[1]!) ?? 0), `/metrics counts both workers (${counted} requests)`)
 
   child.kill('SIGTERM')
@@ -168,7 +172,7 @@ function pidOfLocalPort (port: number): number | null {
   return m === null ? null : Number(m[1])
 }
 
-t.test('workers: 2 — a failback a worker cannot make yet is pending there and applied once its primary is healthy', async (t) => {
+t.test('workers: 2 — a failback a worker cannot make yet is pending there (a restarted worker too) and applied once its primary is healthy', async (t) => {
   // The primary's /health answers per worker: the test decides which worker processes see it healthy.
   let healthyFor: (pid: number | null) => boolean = () => false
   const primary = createHttpServer((req, res) => {
@@ -200,34 +204,81 @@ routes:
   })
   const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`) }
   const workers = (): Map<number, number> => new Map(lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => [l.worker as number, l.workerPid as number]))
-  await until('both workers to listen', () => { alive(); return workers().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined })
+  await until(() => { alive(); return workers().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined }, { what: 'both workers to listen' })
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
   const adminLine = lines.find((l) => /^admin listening on/.test(String(l.msg)))!
   const adminWorker = adminLine.worker as number
   const adminPid = adminLine.pid as number
   const other = [...workers()].find(([id]) => id !== adminWorker)!
   const switched = (worker: number, to: string): boolean => lines.some((l) => l.event === 'failover' && l.worker === worker && l.to === to)
-  await until('both workers on the secondary', () => { alive(); return switched(adminWorker, 'secondary') && switched(other[0], 'secondary') ? true : undefined })
+  await until(() => { alive(); return switched(adminWorker, 'secondary') && switched(other[0], 'secondary') ? true : undefined }, { what: 'both workers on the secondary' })
 
   // The admin worker sees the primary healthy, the other worker does not.
   healthyFor = (pid) => pid === adminPid
-  await until('the admin worker to see the primary healthy', () => { alive(); return lines.some((l) => l.event === 'origin_health' && l.worker === adminWorker && l.origin === 'primary' && l.healthy === true) ? true : undefined })
+  await until(() => { alive(); return lines.some((l) => l.event === 'origin_health' && l.worker === adminWorker && l.origin === 'primary' && l.healthy === true) ? true : undefined }, { what: 'the admin worker to see the primary healthy' })
   const res = await request(`${admin}/admin/services/app/deployments/default/failback`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } })
   const body = await res.body.json() as { failedBack: boolean, workers: { applied: number[], pending: number[] } }
   t.equal(res.statusCode, 200)
   t.equal(body.failedBack, true)
   t.same(body.workers, { applied: [adminWorker], pending: [other[0]] }, 'the answer says which worker applied it and which waits for its primary')
-  t.ok(await until('the pending line', () => lines.some((l) => l.event === 'failback_pending' && l.worker === other[0]) ? true : undefined, 5000), 'the waiting worker logs it')
+  t.ok(await until(() => lines.some((l) => l.event === 'failback_pending' && l.worker === other[0]) ? true : undefined, { what: 'the pending line' }), 'the waiting worker logs it')
   t.notOk(switched(other[0], 'primary'), 'the other worker stays on the secondary while its primary is unhealthy')
+
+  // The waiting worker dies: its replacement takes the pending failback with the weights.
+  process.kill(other[1], 'SIGKILL')
+  await until(() => { alive(); return workers().size === 3 ? true : undefined }, { what: 'the replacement worker to listen' })
+  const [replacement] = [...workers()].find(([id]) => id !== adminWorker && id !== other[0])!
+  await until(() => { alive(); return switched(replacement, 'secondary') ? true : undefined }, { what: 'the replacement to find its primary unhealthy' })
+  t.notOk(switched(replacement, 'primary'), 'the replacement stays on the secondary while its primary is unhealthy')
 
   // Its primary turns healthy: traffic moves there without another call.
   healthyFor = () => true
-  await until('the other worker to fail back', () => { alive(); return switched(other[0], 'primary') ? true : undefined })
-  const fb = lines.find((l) => l.event === 'failover' && l.worker === other[0] && l.to === 'primary')!
-  t.equal(fb.kind, 'failback')
+  await until(() => { alive(); return switched(replacement, 'primary') ? true : undefined }, { what: 'the replacement to fail back' })
+  const fb = lines.find((l) => l.event === 'failover' && l.worker === replacement && l.to === 'primary')!
+  t.equal(fb.kind, 'failback', 'a failback (on a manual deployment only an operator request does that)')
   t.match(fb.reason, /operator failback/)
 
   child.kill('SIGTERM')
   const [code] = await exited
   t.equal(code, 0)
+})
+
+t.test('workers: 2 — a worker killed during the drain: the gateway says so and exits 1', async (t) => {
+  const held: Array<import('node:http').ServerResponse> = []
+  const up = await startUpstream('up', (_req, res) => { held.push(res) })
+  t.teardown(async () => { for (const r of held.splice(0)) json(r, 200, {}); await up.close() })
+  const config = writeConfig(t, `
+server: { host: 127.0.0.1, port: 0, workers: 2, shutdownGraceMs: 20000 }
+admin: { host: 127.0.0.1, port: 0 }
+services:
+  app:
+    healthCheck: { intervalMs: 1000, timeoutMs: 2000 }
+    timeoutMs: 30000
+    origins: { primary: ${up.url} }
+routes:
+  - { type: proxy, prefix: /app, service: app }
+`)
+  const { child, exited, lines, stderr, logged } = spawnGateway(config)
+  t.teardown(() => {
+    for (const l of lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`) }
+  const workers = (): number[] => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => l.workerPid as number)
+  await until(() => { alive(); return workers().length === 2 && logged(/^gateway listening on/) !== undefined ? true : undefined }, { what: 'both workers to listen', timeoutMs: 45000 })
+  const url = logged(/^gateway listening on (http:\/\/\S+)/)!
+  // Requests on connections of their own, held by the upstream: both workers have one in flight.
+  const pending = Array.from({ length: 6 }, (_, i) => getOnce(`${url}/app/${i}`).catch(() => null))
+  await until(() => held.length === 6 ? true : undefined, { what: 'six requests held' })
+
+  child.kill('SIGTERM')
+  await until(() => lines.filter((l) => typeof l.worker === 'number' && /^draining/.test(String(l.msg))).length === 2 ? true : undefined, { what: 'both workers draining' })
+  process.kill(workers()[0]!, 'SIGKILL')
+  await until(() => logged(/(did not drain cleanly)/) !== undefined ? true : undefined, { what: 'the primary to notice' })
+  for (const r of held.splice(0)) json(r, 200, { name: 'up' })
+  await Promise.all(pending)
+  const [code] = await exited
+  t.equal(code, 1, 'exit code 1')
+  t.match(lines.find((l) => /did not drain cleanly/.test(String(l.msg))), { level: 50, signal: 'SIGKILL' }, 'logged at error level with the signal')
+  t.match(lines.find((l) => l.msg === 'stopped' && l.role === 'primary'), { exitCode: 1 })
 })

@@ -28,7 +28,7 @@ import type { TSchema } from '@sinclair/typebox'
 import { validateConfig, loadConfigFile, substituteEnv, ConfigError, type ConfigIssue } from '../src/config/load.js'
 import {
   TopSchema, ServerSchema, AdminSchema, LatticeSchema, ServiceSchema, DeploymentSchema, LatticeOriginSchema,
-  ProxyRouteSchema, AggregateRouteSchema, SectionSchema
+  ProxyRouteSchema, AggregateRouteSchema, SectionSchema, TracingSchema
 } from '../src/config/schema.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-config-props-'))
@@ -189,17 +189,27 @@ function hasDotSegment (path: string): boolean {
 // Built once, outside any chain: services are picked by number (`svc`) and
 // placeholders by parameter number (`param`) when the config is assembled.
 // Route prefixes and paths get a per-index head (`/r3-`, `/a3-`) so no two collide.
+// Edge-auth keys refer to a top-level `auth` (test/auth-config.test.ts covers them).
+const noAuth = { auth: null, forwardAuthorization: null, claimHeaders: null, rateLimit: null }
 const proxyRoute = closedArb(sch(ProxyRouteSchema), {
+  ...noAuth,
   prefix: fc.tuple(text, fc.constantFrom('', '/', '//')).map(([x, slash]) => x + slash),
   service: fc.nat()
 })
 const sectionLiteral = fc.string({ unit: fc.constantFrom('a', 'z', '0', '/', '?', '=', '&', '.', '-', '_', '~', '%', 'é', '}'), maxLength: 8 })
 const sectionPiece = fc.oneof(sectionLiteral, fc.nat().map((param) => ({ param })))
 const aggregateRoute = fc.record({
-  route: closedArb(sch(AggregateRouteSchema), { path: null, sections: null }),
+  route: closedArb(sch(AggregateRouteSchema), { ...noAuth, path: null, sections: null }),
   head: fc.array(fc.stringMatching(/^[a-z0-9._~-]{1,5}$/), { maxLength: 2 }),
   params: fc.uniqueArray(routeParam, { maxLength: 3 }),
-  sections: fc.uniqueArray(fc.tuple(sectionKey, closedArb(sch(SectionSchema), { service: fc.nat(), path: fc.array(sectionPiece, { maxLength: 4 }) })), { minLength: 1, maxLength: 3, selector: ([k]) => k })
+  sections: fc.uniqueArray(fc.tuple(sectionKey, closedArb(sch(SectionSchema), {
+    service: fc.nat(),
+    path: fc.array(sectionPiece, { maxLength: 4 }),
+    // Shaping (SPEC §12): dotted paths and a rename map.
+    pick: fc.constantFrom('data', 'data.items', 'a.0'),
+    select: fc.uniqueArray(fc.constantFrom('id', 'a.b', 'items.sku'), { minLength: 1, maxLength: 3 }),
+    rename: fc.constantFrom({ inStock: 'available' }, { a: 'b', c: 'd' }, {})
+  })), { minLength: 1, maxLength: 3, selector: ([k]) => k })
 }).map(({ route, head, params, sections }) => ({
   ...route,
   path: [...head, ...params.map((p) => `:${p}`)].map((x) => '/' + x).join(''),
@@ -268,6 +278,7 @@ function configModel (raw: Obj): Obj {
     server: withDefaults(sch(ServerSchema), (raw.server ?? {}) as Obj),
     admin: withDefaults(sch(AdminSchema), (raw.admin ?? {}) as Obj),
     lattice: withDefaults(sch(LatticeSchema), (raw.lattice ?? {}) as Obj),
+    tracing: withDefaults(sch(TracingSchema), (raw.tracing ?? {}) as Obj),
     services: Object.fromEntries(Object.entries(raw.services as Record<string, Obj>).map(([n, s]) => [n, serviceModel(s)])),
     routes: ((raw.routes ?? []) as Obj[]).map(routeModel)
   }
@@ -516,7 +527,8 @@ function sitesOf (raw: Obj): Site[] {
         sites.push(unknownService([...ssegs, 'service']))
         const path = fmt([...ssegs, 'path'])
         sites.push({ kind: 'placeholder that is no route parameter', path, units: [unit], cls: 'cross', apply: (r, c) => {
-          let name = c.name.replace(/[{}]/g, '')
+          // A dotted name is a chained section field (SPEC §12), checked elsewhere.
+          let name = c.name.replace(/[{}.]/g, '')
           while (params.includes(name)) name += '_'
           nodeAt(r, ssegs).path += `/{${name}}`
           return { path, message: /^placeholder \{.*\} is not a parameter/ }

@@ -14,7 +14,7 @@ import { startGateway, fastService, type TestGateway } from './helpers/gateway.j
 const LOOPS = 8
 const BEFORE_KILL = 80 // successful GETs before the kill
 const AFTER_SWITCH = 100 // GETs to run after the switch, all on the secondary
-const DEADLINE_MS = 3000 // after the kill
+const DEADLINE_MS = 30000 // after the kill: a bound for a broken gateway, never reached by a working one however busy the machine
 
 interface Outcome { ok: boolean, name: string, detail: string }
 

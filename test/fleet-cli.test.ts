@@ -10,7 +10,8 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { request, Agent } from 'undici'
-import { spawnGateway, writeConfig, until, untilHealthy, childEnv, root, type GatewayChild } from './helpers/cli.js'
+import { spawnGateway, writeConfig, untilHealthy, childEnv, root, type GatewayChild } from './helpers/cli.js'
+import { until } from './helpers/until.js'
 import { startPostgres, type TestPostgres } from './helpers/postgres.js'
 import { colourUpstream } from './helpers/colours.js'
 import type { TestUpstream } from './helpers/upstream.js'
@@ -54,10 +55,10 @@ interface Replica { g: GatewayChild, url: string, admin: string, pid: number }
 async function startReplica (t: { teardown(fn: () => unknown): void }, file: string): Promise<Replica> {
   const g = spawnGateway(file)
   t.teardown(() => { if (g.child.exitCode === null && g.child.signalCode === null) g.child.kill('SIGKILL') })
-  await until('the replica to listen', () => {
+  await until(() => {
     if (g.child.exitCode !== null) throw new Error(`the replica exited (${g.child.exitCode}): ${g.stderr()}`)
     return g.logged(/^gateway listening on/) !== undefined && g.logged(/^admin listening on/) !== undefined ? true : undefined
-  }, 30000)
+  }, { what: 'the replica to listen', timeoutMs: 30000 })
   const admin = g.logged(/^admin listening on (http:\/\/\S+)/)!
   await untilHealthy(admin)
   return { g, url: g.logged(/^gateway listening on (http:\/\/\S+)/)!, admin, pid: g.child.pid! }
@@ -90,8 +91,8 @@ t.test('replicas: start at once on an empty database, a PUT reaches the next req
   const url = await pg.database('cli_fleet')
   const file = writeConfig(t, configText(url))
   const [a, b] = await Promise.all([startReplica(t, file), startReplica(t, file)])
-  await until('both replicas ready (fleet loaded)', async () => (await ready(a)) && (await ready(b)) ? true : undefined, 30000)
-  await until('two live replicas', async () => (await liveIds(a)).length === 2 ? true : undefined, 15000)
+  await until(async () => (await ready(a)) && (await ready(b)) ? true : undefined, { what: 'both replicas ready (fleet loaded)', timeoutMs: 30000 })
+  await until(async () => (await liveIds(a)).length === 2 ? true : undefined, { what: 'two live replicas', timeoutMs: 60000 })
   const created = [a, b].filter((r) => r.g.lines.some((l) => l.event === 'fleet_schema')).length
   t.ok(created >= 1, `the schema was created (by ${created} replica(s), under the advisory lock)`)
 
@@ -107,19 +108,19 @@ t.test('replicas: start at once on an empty database, a PUT reaches the next req
 
   // A replica started later joins the cutover: its config says blue 100, the store says green 100.
   const c = await startReplica(t, file)
-  await until('the late replica loads the fleet state', async () => (await ready(c)) ? true : undefined, 30000)
+  await until(async () => (await ready(c)) ? true : undefined, { what: 'the late replica loads the fleet state', timeoutMs: 30000 })
   for (let i = 0; i < 10; i++) t.equal(await colour(c), 'green', `late replica request ${i + 1}: stored weights`)
   t.equal(((await json(`${c.admin}/admin/services`)).body.review as { version: number }).version, 2)
 
   // A replica killed without a goodbye: it leaves the live set after 3 heartbeats.
-  await until('three live replicas', async () => (await liveIds(a)).length === 3 ? true : undefined, 15000)
+  await until(async () => (await liveIds(a)).length === 3 ? true : undefined, { what: 'three live replicas', timeoutMs: 60000 })
   const cId = (await json(`${c.admin}/admin/fleet`)).body.self as string
   c.g.child.kill('SIGKILL')
   await c.g.exited
-  const left = await until('the killed replica to leave the live set', async () => {
+  const left = await until(async () => {
     const ids = await liveIds(a)
     return ids.includes(cId) ? undefined : ids
-  }, 15000)
+  }, { what: 'the killed replica to leave the live set', timeoutMs: 60000 })
   t.equal(left.length, 2, 'two live replicas remain')
   const fleetView = await json(`${a.admin}/admin/fleet`)
   t.match((fleetView.body.replicas as Array<{ id: string, live: boolean }>).find((r) => r.id === cId), { live: false }, 'it is still listed, live: false')
@@ -135,7 +136,7 @@ t.test('the PostgreSQL server SIGKILLed under load: no failed request, admin cha
   const url = await pg.database('cli_outage')
   const file = writeConfig(t, configText(url))
   const [a, b] = await Promise.all([startReplica(t, file), startReplica(t, file)])
-  await until('both replicas ready', async () => (await ready(a)) && (await ready(b)) ? true : undefined, 30000)
+  await until(async () => (await ready(a)) && (await ready(b)) ? true : undefined, { what: 'both replicas ready', timeoutMs: 30000 })
   t.equal((await json(`${a.admin}/admin/services/review/traffic`, { method: 'PUT', body: { blue: 50, green: 50 } })).status, 200)
 
   let stop = false
@@ -155,9 +156,9 @@ t.test('the PostgreSQL server SIGKILLed under load: no failed request, admin cha
   }
   const loops = [a, b, a, b, a, b].map(loop)
   try {
-    await until('some load', () => ok > 50 ? true : undefined)
+    await until(() => ok > 50 ? true : undefined, { what: 'some load', timeoutMs: 60000 })
     await pg.kill()
-    await until('both replicas to see the store gone', () => [a, b].every((r) => r.g.lines.some((l) => l.event === 'fleet' && l.state === 'disconnected')) ? true : undefined, 20000)
+    await until(() => [a, b].every((r) => r.g.lines.some((l) => l.event === 'fleet' && l.state === 'disconnected')) ? true : undefined, { what: 'both replicas to see the store gone', timeoutMs: 20000 })
     const during = ok
     const refused = await json(`${b.admin}/admin/services/review/traffic`, { method: 'PUT', body: { green: 100 } })
     t.equal(refused.status, 503, 'an admin change while the store is down')
@@ -167,13 +168,13 @@ t.test('the PostgreSQL server SIGKILLed under load: no failed request, admin cha
     t.same((services.body.review as { traffic: unknown }).traffic, { blue: 50, green: 50 }, 'nothing changed')
     const metrics = await request(`${a.admin}/metrics`, { dispatcher: agent })
     t.match(await metrics.body.text(), /^gateway_fleet_connected 0$/m, 'gateway_fleet_connected 0')
-    await until('more load served during the outage', () => ok > during + 100 ? true : undefined, 20000)
+    await until(() => ok > during + 100 ? true : undefined, { what: 'more load served during the outage', timeoutMs: 20000 })
 
     await pg.restart()
     // What the replicas find on reconnect: a newer state (as if written while they were away, no notification).
     await pg.query(`UPDATE lattice_gateway_versions SET version = version + 1, weights = '{"blue":0,"green":100}' WHERE fleet = 'cli' AND service = 'review'`, [], 'cli_outage')
-    await until('both replicas reconnected', () => [a, b].every((r) => r.g.lines.filter((l) => l.event === 'fleet' && l.state === 'connected').length >= 2) ? true : undefined, 30000)
-    await until('both replicas re-read the newer weights', async () => (await colour(a)) === 'green' && (await colour(b)) === 'green' ? true : undefined, 15000)
+    await until(() => [a, b].every((r) => r.g.lines.filter((l) => l.event === 'fleet' && l.state === 'connected').length >= 2) ? true : undefined, { what: 'both replicas reconnected', timeoutMs: 30000 })
+    await until(async () => (await colour(a)) === 'green' && (await colour(b)) === 'green' ? true : undefined, { what: 'both replicas re-read the newer weights', timeoutMs: 60000 })
     const again = await json(`${a.admin}/admin/services/review/traffic`, { method: 'PUT', body: { blue: 100 } })
     t.equal(again.status, 200, 'admin changes work again')
     t.same((again.body.fleet as { pending: string[] }).pending, [])

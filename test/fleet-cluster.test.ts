@@ -7,7 +7,8 @@
  */
 import t from 'tap'
 import { request, Agent } from 'undici'
-import { spawnGateway, writeConfig, until, untilHealthy, type GatewayChild } from './helpers/cli.js'
+import { spawnGateway, writeConfig, untilHealthy, type GatewayChild } from './helpers/cli.js'
+import { until } from './helpers/until.js'
 import { startPostgres, type TestPostgres } from './helpers/postgres.js'
 import { colourUpstream } from './helpers/colours.js'
 import type { TestUpstream } from './helpers/upstream.js'
@@ -54,11 +55,11 @@ async function startReplica (t: { teardown(fn: () => unknown): void }, file: str
     for (const l of g.lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
     if (g.child.exitCode === null && g.child.signalCode === null) g.child.kill('SIGKILL')
   })
-  await until('the replica to listen', () => {
+  await until(() => {
     if (g.child.exitCode !== null) throw new Error(`the replica exited (${g.child.exitCode}): ${g.stderr()}`)
     const listening = g.lines.filter((l) => /^gateway listening on/.test(String(l.msg))).length
     return listening >= workers && g.logged(/^admin listening on/) !== undefined ? true : undefined
-  }, 60000)
+  }, { what: 'the replica to listen', timeoutMs: 60000 })
   const admin = g.logged(/^admin listening on (http:\/\/\S+)/)!
   await untilHealthy(admin)
   return { g, url: g.logged(/^gateway listening on (http:\/\/\S+)/)!, admin }
@@ -89,12 +90,12 @@ t.test('a two-worker replica and a one-process replica share one state', async (
   const url = await pg.database('cluster_fleet')
   const cluster = await startReplica(t, writeConfig(t, configText(url, 2)), 2)
   const single = await startReplica(t, writeConfig(t, configText(url, 1)), 1)
-  await until('both replicas ready', async () => (await ready(cluster)) && (await ready(single)) ? true : undefined, 30000)
-  const view = await until('two live replicas', async () => {
+  await until(async () => (await ready(cluster)) && (await ready(single)) ? true : undefined, { what: 'both replicas ready', timeoutMs: 30000 })
+  const view = await until(async () => {
     const v = await json(`${single.admin}/admin/fleet`)
     const live = (v.body.replicas as Array<{ id: string, pid: number, live: boolean }>).filter((r) => r.live)
     return live.length === 2 ? live : undefined
-  }, 20000)
+  }, { what: 'two live replicas', timeoutMs: 20000 })
   t.ok(view.some((r) => r.pid === cluster.g.child.pid), 'the cluster is one replica, under its primary\'s pid')
 
   const put = await json(`${single.admin}/admin/services/review/traffic`, { method: 'PUT', body: { green: 100 } })

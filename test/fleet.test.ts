@@ -1,3 +1,4 @@
+import { until } from './helpers/until.js'
 /**
  * The fleet control plane against a real PostgreSQL (SPEC §10), with
  * gateways in this process: a change on one replica reaches the other
@@ -14,7 +15,6 @@ import { migrateStore } from '../src/fleet/fleet.js'
 import { validateConfig } from '../src/config/load.js'
 import { startGateway, type TestGateway } from './helpers/gateway.js'
 import { startPostgres, type TestPostgres } from './helpers/postgres.js'
-import { until } from './helpers/cli.js'
 import { TOKEN, adminGet, client, colourOf, colourUpstream, cutoverConfig, cutoverService, pool, sample, scrape } from './helpers/colours.js'
 import type { TestUpstream } from './helpers/upstream.js'
 
@@ -42,7 +42,7 @@ async function replica (t: { teardown(fn: () => unknown): void }, fleet: Record<
   return g
 }
 
-const loaded = (g: TestGateway): Promise<true> => until('the fleet state to load', () => g.gw.control.fleet?.connected === true ? true : undefined, 30000)
+const loaded = (g: TestGateway): Promise<true> => until(() => g.gw.control.fleet?.connected === true ? true : undefined, { what: 'the fleet state to load', timeoutMs: 30000 })
 
 async function put (adminUrl: string, body: unknown, ifMatch?: string): Promise<{ status: number, body: Record<string, unknown> }> {
   const headers: Record<string, string> = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }
@@ -59,7 +59,7 @@ t.test('a PUT on one replica is applied on the other before the answer; versions
   const b = await replica(t, fleetOf(url))
   await Promise.all([loaded(a), loaded(b)])
   // Both heartbeats are in before the change: both are live replicas.
-  await until('two live replicas', async () => (await a.gw.control.fleet!.liveReplicas()).length === 2 ? true : undefined)
+  await until(async () => (await a.gw.control.fleet!.liveReplicas()).length === 2 ? true : undefined, { what: 'two live replicas', timeoutMs: 60000 })
 
   const r = await put(a.adminUrl, { green: 100 })
   t.equal(r.status, 200)
@@ -103,7 +103,7 @@ t.test('a PUT on one replica is applied on the other before the answer; versions
   const text = await scrape(b.adminUrl)
   t.equal(sample(text, 'gateway_fleet_version', { service: 'review' }), 4, 'gateway_fleet_version')
   t.equal(text.match(/^gateway_fleet_connected (\d+)$/m)?.[1], '1', 'gateway_fleet_connected')
-  await until('gateway_fleet_replicas 2', async () => /^gateway_fleet_replicas 2$/m.test(await scrape(b.adminUrl)) ? true : undefined)
+  await until(async () => /^gateway_fleet_replicas 2$/m.test(await scrape(b.adminUrl)) ? true : undefined, { what: 'gateway_fleet_replicas 2', timeoutMs: 60000 })
   t.ok(a.logs.some((l) => l.event === 'fleet' && l.state === 'connected'), 'the connection is logged')
   t.notOk(JSON.stringify(a.logs).includes('fleet-test-pw'), 'the store password is never logged')
 })
@@ -114,10 +114,10 @@ t.test('GET /admin/fleet lists the replicas; one that stops leaves the live set;
   const b = await replica(t, fleetOf(url))
   await Promise.all([loaded(a), loaded(b)])
   b.gw.control.fleet!.setHeartbeatStats(() => ({ requests: 7 }))
-  const view = await until('both replicas in GET /admin/fleet with stats', async () => {
+  const view = await until(async () => {
     const v = (await adminGet(a.adminUrl, '/admin/fleet')).body as { replicas: Array<Record<string, unknown>> }
     return v.replicas.length === 2 && v.replicas.every((r) => r.live === true) && v.replicas.some((r) => r.stats !== undefined) ? v : undefined
-  })
+  }, { what: 'both replicas in GET /admin/fleet with stats', timeoutMs: 60000 })
   const body = view as unknown as Record<string, unknown>
   t.equal(body.name, 'test')
   t.equal(body.connected, true)
@@ -157,7 +157,7 @@ t.test('joining: the stored weights win over the config\'s; a lost notification 
 
   // A change written without its notification (as if lost): the re-read every 10 heartbeats finds it.
   await pg.query(`UPDATE lattice_gateway_versions SET version = 3, weights = '{"blue":0,"green":100}' WHERE fleet = 'test' AND service = 'review'`, [], url.split('/').pop())
-  await until('both replicas to re-read version 3', () => a.gw.control.version('review') === 3 && c.gw.control.version('review') === 3 ? true : undefined, 20000)
+  await until(() => a.gw.control.version('review') === 3 && c.gw.control.version('review') === 3 ? true : undefined, { what: 'both replicas to re-read version 3', timeoutMs: 20000 })
   t.same(c.gw.registry.get('review')!.traffic, { blue: 0, green: 100 })
 })
 

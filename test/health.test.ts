@@ -12,7 +12,7 @@ async function setup (t: Test, healthCheck: Record<string, unknown>, handler?: P
   const pri = await startUpstream('primary', handler)
   const sec = await startUpstream('secondary')
   const g = await startGateway({
-    services: { product: fastService({ primary: pri.url, secondary: sec.url }, { healthCheck: { intervalMs: 50, timeoutMs: 1000, ...healthCheck } }) },
+    services: { product: fastService({ primary: pri.url, secondary: sec.url }, { healthCheck: { intervalMs: 50, timeoutMs: 5000, ...healthCheck } }) },
     routes: [{ type: 'proxy', prefix: '/api', service: 'product' }]
   })
   t.teardown(async () => { await g.close(); await pri.close(); await sec.close() })
@@ -20,7 +20,7 @@ async function setup (t: Test, healthCheck: Record<string, unknown>, handler?: P
 }
 
 /** Resolves with the probe results seen up to (and including) the origin's next health transition. */
-function untilTransition (origin: Origin, healthy: boolean, results: boolean[], timeoutMs = 5000): Promise<boolean[]> {
+function untilTransition (origin: Origin, healthy: boolean, results: boolean[], timeoutMs = 30000): Promise<boolean[]> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('no health transition')), timeoutMs)
     const on = (e: { healthy: boolean }): void => {
@@ -40,7 +40,7 @@ const trailing = (xs: boolean[], v: boolean): number => {
 }
 
 async function probes (origin: Origin, results: boolean[], n: number): Promise<void> {
-  const deadline = Date.now() + 5000
+  const deadline = Date.now() + 30000
   while (results.length < n) {
     if (Date.now() > deadline) throw new Error('no probes')
     await new Promise((resolve) => origin.checker.once('probe', resolve))

@@ -12,6 +12,7 @@ import { startUpstream, json } from './helpers/upstream.js'
 import { startGateway, fastService, type TestGateway } from './helpers/gateway.js'
 import { startFakeLattice, type FakeLattice } from './helpers/fake-lattice.js'
 import { latticeUrl } from '../src/lattice/resolver.js'
+import { until } from './helpers/until.js'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const CREDS = { accessKeyId: 'AKIDRESOLVERTEST', secretAccessKey: 'resolver/test/secret' }
@@ -28,14 +29,6 @@ function origin (service: string, port: number, extra: Record<string, unknown> =
 }
 
 
-/** Polls `fn` until it returns true; fails the test after `ms`. */
-async function until (fn: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
 
 async function readyz (g: TestGateway): Promise<{ status: number, body: { failing?: string[] } }> {
   const res = await request(`${g.adminUrl}/readyz`)
@@ -81,7 +74,7 @@ t.test('resolves services by ARN, by id and by name (ListServices, every page) a
   }, { lattice: { credentials: CREDS } })
   t.teardown(async () => { await g.close(); await fake.close(); await review.close(); await inventory.close(); await product.close() })
 
-  await until(async () => (await readyz(g)).status === 200, 5000, '/readyz 200')
+  await until(async () => (await readyz(g)).status === 200, { what: '/readyz 200' })
   t.equal((await get(`${g.url}/r/one`)).body.name, 'review')
   t.equal((await get(`${g.url}/p/two`)).body.name, 'product')
   t.equal((await get(`${g.url}/i/three`)).body.name, 'inventory')
@@ -108,7 +101,7 @@ t.test('the custom domain name wins over the generated one', async (t) => {
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   }, { lattice: { credentials: CREDS } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
-  await until(async () => (await readyz(g)).status === 200, 5000, '/readyz 200')
+  await until(async () => (await readyz(g)).status === 200, { what: '/readyz 200' })
   t.equal(g.gw.registry.snapshot('review')?.deployments.default?.origins.primary?.url, `http://127.0.0.1:${up.port}`)
   const res = await get(`${g.url}/r/x`)
   t.equal(res.status, 200)
@@ -159,11 +152,11 @@ t.test('a refresh that finds a new domain moves traffic; in-flight requests fini
     b.closeAllConnections()
     await new Promise<void>((resolve) => b.close(() => resolve()))
   })
-  await until(async () => (await readyz(g)).status === 200, 5000, '/readyz 200')
+  await until(async () => (await readyz(g)).status === 200, { what: '/readyz 200' })
   t.equal((await get(`${g.url}/r/before`)).body.name, 'old')
 
   const slow = get(`${g.url}/r/slow`)
-  await until(() => a.requests.some((r) => r.url === '/r/slow'), 5000, 'the slow request to reach the old address')
+  await until(() => a.requests.some((r) => r.url === '/r/slow'), { what: 'the slow request to reach the old address' })
   svc.domainName = '127.0.0.2'
   const moved = await g.waitForLog((l) => l.event === 'lattice' && l.service === 'review' && l.from === '127.0.0.1' && l.domain === '127.0.0.2')
   t.equal(moved.level, 40, 'a move is a warning')
@@ -199,13 +192,13 @@ t.test('an unresolved origin is unhealthy until it resolves; /readyz follows', a
 
   // Retried with backoff; the same failure is logged once.
   const before = fake.calls.length
-  await until(() => fake.calls.length >= before + 3, 5000, 'three more lookups')
+  await until(() => fake.calls.length >= before + 3, { what: 'three more lookups' })
   t.equal(g.logs.filter((l) => l.event === 'lattice' && l.service === 'late' && l.level === 50).length, 1, 'the failure is logged once')
 
   fake.add({ name: 'late', domainName: '127.0.0.1' })
   await g.waitForLog((l) => l.event === 'lattice' && l.service === 'late' && l.state === 'resolved')
   await g.waitForLog((l) => l.event === 'origin_health' && l.service === 'late' && l.healthy === true)
-  await until(async () => (r = await readyz(g)).status === 200, 5000, '/readyz 200')
+  await until(async () => (r = await readyz(g)).status === 200, { what: '/readyz 200' })
   t.equal(r.status, 200)
   t.equal((await get(`${g.url}/l/x`)).body.name, 'late')
 })
@@ -220,7 +213,7 @@ t.test('control-plane failures never stop the gateway; a resolved origin keeps i
     routes: [{ type: 'proxy', prefix: '/r', service: 'review' }]
   }, { lattice: { credentials: CREDS, retryBaseMs: 10 } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
-  await until(async () => (await readyz(g)).status === 200, 5000, '/readyz 200')
+  await until(async () => (await readyz(g)).status === 200, { what: '/readyz 200' })
 
   const failures = [
     { status: 500, type: 'InternalServerException' },
@@ -233,7 +226,7 @@ t.test('control-plane failures never stop the gateway; a resolved origin keeps i
   for (const f of failures) {
     fake.failWith = f
     const n = fake.calls.length
-    await until(() => fake.calls.length >= n + 2, 5000, `two lookups answered with ${JSON.stringify(f)}`)
+    await until(() => fake.calls.length >= n + 2, { what: `two lookups answered with ${JSON.stringify(f)}` })
     const res = await get(`${g.url}/r/x`)
     t.equal(res.status, 200, `traffic still flows during ${JSON.stringify(f)}`)
   }
@@ -259,7 +252,7 @@ t.test('failed lookups back off, but never further apart than refreshIntervalMs'
   }, { lattice: { credentials: CREDS, retryBaseMs: 50 } })
   t.teardown(async () => { await g.close(); await fake.close(); await up.close() })
   // Uncapped doubling from 50 ms would need minutes for 12 tries; capped at 100 ms, about one second.
-  await until(() => fake.calls.length >= 12, 8000, '12 lookups')
+  await until(() => fake.calls.length >= 12, { what: '12 lookups' })
   t.equal(g.logs.filter((l) => l.event === 'lattice' && l.level === 50).length, 1, 'one error line for the repeated failure')
   t.equal((await readyz(g)).status, 503)
 })
@@ -282,7 +275,7 @@ t.test('a service without a DNS name yet stays unresolved (and says why)', async
   delete svc.customDomainName
   svc.domainName = '127.0.0.1'
   svc.status = 'ACTIVE'
-  await until(async () => (await readyz(g)).status === 200, 5000, '/readyz 200')
+  await until(async () => (await readyz(g)).status === 200, { what: '/readyz 200' })
   t.equal((await get(`${g.url}/n/x`)).body.name, 'new')
 })
 
@@ -337,7 +330,7 @@ t.test('AWS_ENDPOINT_URL_VPC_LATTICE, AWS_REGION and credentials from the enviro
     await up.close()
     process.env = saved
   })
-  await until(async () => (await readyz(g)).status === 200, 5000, '/readyz 200')
+  await until(async () => (await readyz(g)).status === 200, { what: '/readyz 200' })
   t.ok(fake.calls.length > 0, 'the SDK called the endpoint from the environment')
   t.match(String(fake.calls[0]?.headers.authorization), /Credential=AKIDFROMENVIRONMENT\/\d{8}\/eu-west-1\/vpc-lattice\/aws4_request/)
   t.equal((await get(`${g.url}/r/x`)).body.name, 'review')

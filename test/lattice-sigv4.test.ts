@@ -12,6 +12,7 @@ import { request } from 'undici'
 import { startUpstream, json, type RecordedRequest, type TestUpstream } from './helpers/upstream.js'
 import { startGateway, type TestGateway } from './helpers/gateway.js'
 import { startFakeLattice, verifySigV4, type FakeLattice, type Credentials } from './helpers/fake-lattice.js'
+import { until } from './helpers/until.js'
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED = 'true'
 const REGION = 'us-east-1'
@@ -41,16 +42,9 @@ function iam (service: string, port: number, auth: 'iam' | 'none' = 'iam'): Reco
   return { lattice: { service, port, protocol: 'http', auth } }
 }
 
-async function until (fn: () => boolean | Promise<boolean>, ms = 5000, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
 
 async function ready (g: TestGateway): Promise<void> {
-  await until(async () => (await request(`${g.adminUrl}/readyz`).then(async (r) => { await r.body.dump(); return r.statusCode })) === 200, 5000, '/readyz 200')
+  await until(async () => (await request(`${g.adminUrl}/readyz`).then(async (r) => { await r.body.dump(); return r.statusCode })) === 200, { what: '/readyz 200' })
 }
 
 function traffic (up: TestUpstream): RecordedRequest[] {
@@ -130,7 +124,7 @@ t.test('a GET retried on the secondary after a 503 carries a signature for the s
   const g = await start(fake, service({ primary: iam(a.arn, primary.port), secondary: iam(b.arn, secondary.port) }))
   t.teardown(async () => { await g.close(); await fake.close(); await primary.close(); await secondary.close() })
   await ready(g)
-  await until(() => g.gw.registry.get('api')!.groups.get('default')!.active.role === 'primary' && g.gw.registry.get('api')!.groups.get('default')!.primary.healthy, 5000, 'primary active and healthy')
+  await until(() => g.gw.registry.get('api')!.groups.get('default')!.active.role === 'primary' && g.gw.registry.get('api')!.groups.get('default')!.primary.healthy, { what: 'primary active and healthy' })
 
   const res = await request(`${g.url}/api/things?page=2`)
   const body = await res.body.json() as { name: string }
@@ -162,7 +156,7 @@ t.test('when the primary refuses connections, GET and POST go to the secondary s
   }))
   t.teardown(async () => { await g.close(); await fake.close(); await primary.close(); await secondary.close() })
   const group = g.gw.registry.get('api')!.groups.get('default')!
-  await until(() => group.primary.healthy && group.secondary!.healthy && group.active.role === 'primary', 5000, 'both origins healthy')
+  await until(() => group.primary.healthy && group.secondary!.healthy && group.active.role === 'primary', { what: 'both origins healthy' })
   await primary.kill()
 
   const res = await request(`${g.url}/api/read`)
@@ -224,7 +218,7 @@ t.test('rotated credentials sign the next request; a failing provider fails the 
     const r = await request(`${g.url}/api/four`)
     await r.body.dump()
     return r.statusCode === 200
-  }, 5000, 'signing to work again')
+  }, { what: 'signing to work again' })
   t.pass('signing recovered with the provider')
 })
 
@@ -274,6 +268,6 @@ t.test('an https origin verifies the certificate: an untrusted one is refused', 
   t.equal(res.statusCode, 502)
   t.equal(body.code, 'GW_UPSTREAM_FAILED')
   t.equal(handled, 0, 'no request was sent over the unverified connection')
-  await until(() => handshakes > 0, 5000, 'the server to see a refused handshake')
+  await until(() => handshakes > 0, { what: 'the server to see a refused handshake' })
   t.equal(g.gw.registry.snapshot('api')?.deployments.default?.origins.primary?.healthy, false, 'and the origin never counts as healthy')
 })

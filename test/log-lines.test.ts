@@ -12,8 +12,12 @@ import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
 import { startFakeLattice } from './helpers/fake-lattice.js'
 import { rawRequest } from './helpers/raw-http.js'
-import { childEnv, until, untilHealthy, spawnGateway, writeConfig, type GatewayChild } from './helpers/cli.js'
+import { childEnv, untilHealthy, spawnGateway, writeConfig, type GatewayChild } from './helpers/cli.js'
+import { until } from './helpers/until.js'
 import { duplicateKeys } from './helpers/json-keys.js'
+
+// Child processes (a primary and its workers) start slowly on a busy machine: room for it.
+t.setTimeout(300000)
 
 const TOKEN = 'log-lines-test-token'
 
@@ -90,7 +94,7 @@ routes:
   const gw = spawnGateway(config, { ...childEnv, AWS_ACCESS_KEY_ID: 'AKIDLOGLINES', AWS_SECRET_ACCESS_KEY: 'log/lines/secret', AWS_REGION: 'us-east-1' })
   t.teardown(() => { if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL') })
   const alive = (): void => { if (gw.child.exitCode !== null) throw new Error(`the gateway exited early (${gw.child.exitCode}): ${gw.stderr()}`) }
-  await until('both listeners', () => { alive(); return gw.logged(/^gateway listening on/) !== undefined && gw.logged(/^admin listening on/) !== undefined ? true : undefined })
+  await until(() => { alive(); return gw.logged(/^gateway listening on/) !== undefined && gw.logged(/^admin listening on/) !== undefined ? true : undefined }, { what: 'both listeners' })
   const url = gw.logged(/^gateway listening on (http:\/\/\S+)/)!
   const admin = gw.logged(/^admin listening on (http:\/\/\S+)/)!
   await untilHealthy(admin)
@@ -103,10 +107,10 @@ routes:
   // Failover and failback.
   t.equal(await get('/p/one'), 200)
   await primary.kill()
-  await until('the switch to the secondary', () => { alive(); return gw.lines.some((l) => l.event === 'failover' && l.to === 'secondary') ? true : undefined })
+  await until(() => { alive(); return gw.lines.some((l) => l.event === 'failover' && l.to === 'secondary') ? true : undefined }, { what: 'the switch to the secondary' })
   t.equal(await get('/p/two'), 200, 'served by the secondary')
   await primary.revive()
-  await until('the failback', () => { alive(); return gw.lines.some((l) => l.event === 'failover' && l.kind === 'failback') ? true : undefined })
+  await until(() => { alive(); return gw.lines.some((l) => l.event === 'failover' && l.kind === 'failback') ? true : undefined }, { what: 'the failback' })
 
   // Cutover.
   const put = await request(`${admin}/admin/services/app/traffic`, { method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ green: 100 }) })
@@ -115,7 +119,7 @@ routes:
   t.equal(await get('/app/x'), 200)
 
   // Lattice: every lookup fails.
-  await until('a Lattice failure line', () => { alive(); return gw.lines.some((l) => l.event === 'lattice' && l.state !== 'resolved') ? true : undefined })
+  await until(() => { alive(); return gw.lines.some((l) => l.event === 'lattice' && l.state !== 'resolved') ? true : undefined }, { what: 'a Lattice failure line' })
   t.equal(await get('/remote/x'), 502, 'a service without an address answers 502')
 
   // Client errors.
@@ -159,10 +163,10 @@ routes:
     for (const l of gw.lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
     if (gw.child.exitCode === null && gw.child.signalCode === null) gw.child.kill('SIGKILL')
   })
-  await until('both workers to listen', () => {
+  await until(() => {
     if (gw.child.exitCode !== null) throw new Error(`exited early: ${gw.stderr()}`)
     return gw.lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).length === 2 && gw.logged(/^gateway listening on/) !== undefined ? true : undefined
-  })
+  }, { what: 'both workers to listen' })
   const url = gw.logged(/^gateway listening on (http:\/\/\S+)/)!
   // Long URLs, many at once: worker lines fill their buffers side by side.
   const pad = 'x'.repeat(900)

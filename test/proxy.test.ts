@@ -13,6 +13,7 @@ import { randomBytes } from 'node:crypto'
 import { request } from 'undici'
 import { startUpstream, deadPort, type TestUpstream } from './helpers/upstream.js'
 import { startGateway, fastService, type TestGateway } from './helpers/gateway.js'
+import { until } from './helpers/until.js'
 
 interface Echo { url: string, method: string, headers: IncomingHttpHeaders, body: string }
 
@@ -335,14 +336,6 @@ t.test('client-side body failures never count against the origin', async (t) => 
   t.equal(good.statusCode, 200)
 })
 
-/** Polls `check` every 10 ms for up to 5 s. */
-async function until (check: () => boolean): Promise<void> {
-  const deadline = Date.now() + 5000
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error('condition not met in 5 s')
-    await new Promise((resolve) => setTimeout(resolve, 10))
-  }
-}
 
 t.test('upstream down and no secondary: 502 GW_UPSTREAM_FAILED without details', async (t) => {
   const port = await deadPort()

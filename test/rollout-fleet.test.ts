@@ -8,7 +8,11 @@
 import t from 'tap'
 import { request } from 'undici'
 import { startPostgres } from './helpers/postgres.js'
-import { spawnGateway, until, writeConfig, type GatewayChild } from './helpers/cli.js'
+import { spawnGateway, writeConfig, type GatewayChild } from './helpers/cli.js'
+import { until as untilMet } from './helpers/until.js'
+
+/** Polls `cond` until it gives a value (what, then the condition, as these tests read). */
+const until = <T>(what: string, cond: () => T | undefined | Promise<T | undefined>, timeoutMs = 60000): Promise<T> => untilMet(cond, { what, timeoutMs }) as Promise<T>
 import { deadPort } from './helpers/upstream.js'
 import { TOKEN, client, colourUpstream } from './helpers/colours.js'
 

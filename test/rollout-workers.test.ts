@@ -10,7 +10,11 @@ import t from 'tap'
 import { get } from 'node:http'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { until, spawnGateway, writeConfig } from './helpers/cli.js'
+import { spawnGateway, writeConfig } from './helpers/cli.js'
+import { until as untilMet } from './helpers/until.js'
+
+/** Polls `cond` until it gives a value (what, then the condition, as these tests read). */
+const until = <T>(what: string, cond: () => T | undefined | Promise<T | undefined>, timeoutMs = 60000): Promise<T> => untilMet(cond, { what, timeoutMs }) as Promise<T>
 
 const TOKEN = 'rollout-workers-token'
 // Two real gateway processes start (through tsx) on a machine other test files share: room beyond the file default.

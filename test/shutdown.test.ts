@@ -12,7 +12,11 @@ import { connect } from 'node:net'
 import type { ServerResponse } from 'node:http'
 import { Agent, request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { until, untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
+import { untilHealthy, spawnGateway, writeConfig } from './helpers/cli.js'
+import { until } from './helpers/until.js'
+
+// Child processes start slowly on a busy machine: room for it.
+t.setTimeout(300000)
 
 
 
@@ -54,21 +58,21 @@ routes:
   const { child, exited, lines, stderr, logged } = spawnGateway(config)
   t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
 
-  const gateway = await until('the gateway to listen', () => {
+  const gateway = await until(() => {
     if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`)
     return logged(/^gateway listening on (http:\/\/\S+)/)
-  })
-  const admin = await until('the admin listener', () => logged(/^admin listening on (http:\/\/\S+)/))
+  }, { what: 'the gateway to listen' })
+  const admin = await until(() => logged(/^admin listening on (http:\/\/\S+)/), { what: 'the admin listener' })
   await untilHealthy(admin)
 
   const agent = new Agent()
   t.teardown(() => agent.close())
   const inflight = [1, 2, 3].map((i) => request(`${gateway}/slow/${i}`, { dispatcher: agent }))
-  await until('the upstream to hold three requests', () => held.length === 3 ? true : undefined)
+  await until(() => held.length === 3 ? true : undefined, { what: 'the upstream to hold three requests' })
 
   child.kill('SIGTERM')
-  await until('the drain to start', () => logged(/draining/))
-  const refusedWhileDraining = await until('new connections to be refused', async () => (await refused(gateway)) ? true : undefined, 5000)
+  await until(() => logged(/draining/), { what: 'the drain to start' })
+  const refusedWhileDraining = await until(async () => (await refused(gateway)) ? true : undefined, { what: 'new connections to be refused' })
   t.ok(refusedWhileDraining, 'a new connection is refused once the drain started')
   t.equal(held.length, 3, 'while the in-flight requests are still waiting on the upstream')
   t.equal(child.exitCode, null, 'and the process is still running')

@@ -20,4 +20,7 @@ t.test('a proxy route answers through a real upstream', async (t) => {
   const loaded = Object.keys(createRequire(import.meta.url).cache)
   t.ok(loaded.some((f) => f.includes(`${sep}fastify${sep}`)), 'the check sees CommonJS packages loaded through import')
   t.strictSame(loaded.filter((f) => f.includes(`${sep}@aws-sdk${sep}`) || f.includes(`${sep}@smithy${sep}`)), [], 'no AWS SDK module is loaded')
+  // Without tracing.otlpEndpoint the OpenTelemetry SDK is never loaded either
+  // (prom-client loads the small @opentelemetry/api for its exemplars).
+  t.strictSame(loaded.filter((f) => f.includes(`${sep}@opentelemetry${sep}`) && !f.includes(`${sep}@opentelemetry${sep}api${sep}`)), [], 'no OpenTelemetry SDK module is loaded')
 })

@@ -1,16 +1,26 @@
 /**
  * Executes a compiled aggregate plan for one request: every section is
- * sent at once through its service's failover send primitive (so a
- * section's primary failing moves to its secondary exactly as a proxied
- * request would), all under one AbortController that carries the route's
- * deadline. The service bounds each attempt (`timeoutMs`); this bounds the
- * whole fan-out, and aborting releases every outstanding socket.
+ * sent through its service's failover send primitive (so a section's
+ * primary failing moves to its secondary exactly as a proxied request
+ * would), all under one Cancellation that carries the route's deadline.
+ * The service bounds each attempt (`timeoutMs`); this bounds the whole
+ * fan-out, and aborting releases every outstanding socket.
+ *
+ * Sections that wait for nothing start at once, in parallel; a chained
+ * section (`{product.sku}`, SPEC §12) starts the moment the last section
+ * it names has answered, and fails (`dependency`) when one of them failed
+ * or the field is not a string or number.
  *
  * A section's answer counts only when it is 2xx, JSON by content type,
  * valid UTF-8 JSON by content and within `maxSectionBytes`. The merged
- * answer is spliced from the sections' own validated bytes — nothing is
- * parsed into objects or re-serialised (json-check.ts validates in one
- * pass) — so a section's JSON reaches the client byte for byte.
+ * answer is spliced from the sections' own validated bytes — a section
+ * that is neither shaped, nor read by another, nor trimmed by `?fields=`
+ * is never parsed into objects or re-serialised (json-check.ts validates
+ * in one pass) — so its JSON reaches the client byte for byte.
+ *
+ * Before a call: a fresh cached answer is served without one, and
+ * identical concurrent calls share one (singleflight). After a call that
+ * failed on every origin, a stale cached answer stands in.
  *
  * A required section that fails decides the answer at once: 4xx -> that
  * status (GW_SECTION_STATUS), deadline or attempt timeout -> 504
@@ -19,28 +29,20 @@
  * would destroy their keep-alive sockets — but their bodies are dumped
  * unread, and the route deadline still aborts whatever is left.
  */
+import type { RequestTrace, SectionSpan } from '../tracing/types.js'
 import { isUtf8 } from 'node:buffer'
 import type { IncomingHttpHeaders } from 'node:http'
-import type { Readable } from 'node:stream'
 import { GatewayError, classifyUpstreamError } from '../errors.js'
 import type { UpstreamResponse } from '../upstream/origin-group.js'
 import type { UpstreamBody } from '../upstream/upstream-body.js'
 import { Cancellation } from '../upstream/cancel.js'
-import { fillTemplate, type AggregatePlan, type SectionOutcome, type SectionPlan } from './plan.js'
+import { cacheKey, storableTtl, type CacheEntry } from '../cache/store.js'
+import { fillTemplate, headerValues, type AggregatePlan, type SectionOutcome, type SectionPlan, type SectionRef, type SectionResult } from './plan.js'
+import { applyShape, pickPath, selectTree, type SelectTree } from './shape.js'
+import type { FieldSelection } from './fields.js'
 import { isJsonText } from './json-check.js'
 
-/** What one section produced. */
-export interface SectionResult {
-  outcome: SectionOutcome
-  /** The validated JSON bytes when `outcome` is `ok`. */
-  body: Buffer | null
-  /** The upstream status, 0 when there was no answer. */
-  status: number
-  /** Which origin answered (service/deployment/role), when one did. */
-  origin: string | null
-  /** Why it failed, for the log (never sent to the client). */
-  cause: unknown
-}
+export type { SectionResult } from './plan.js'
 
 export type FanoutResult =
   | {
@@ -49,6 +51,8 @@ export type FanoutResult =
     body: Buffer
     /** Failed section keys in config order, comma-joined; null when complete. */
     failed: string | null
+    /** Sections served from a stale cached answer, comma-joined; null when none. */
+    stale: string | null
     /** One `key=origin` (or `key=!outcome`) per section, for the access log. */
     upstream: string
   }
@@ -71,58 +75,76 @@ export function sectionHeaders (plan: AggregatePlan, client: IncomingHttpHeaders
   return out
 }
 
-/** Runs the plan; never rejects. */
-export function execute (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>): Promise<FanoutResult> {
+/** Runs the plan (only the sections `fields` calls, when given); never rejects. */
+export function execute (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, fields: FieldSelection | null = null, trace: RequestTrace | null = null): Promise<FanoutResult> {
   // Every section path is filled before anything is sent: a parameter that
   // would make a "." or ".." segment refuses the request (plan.ts fillTemplate).
-  const paths: string[] = []
+  // A chained section's path is checked here with a stand-in for its fields
+  // and filled when they arrive.
+  const paths: Array<string | null> = []
   for (const s of plan.sections) {
     const path = fillTemplate(s.template, params)
     if (path === null) return Promise.resolve({ ok: false, error: new GatewayError('GW_BAD_REQUEST', `a route parameter would make a "." or ".." path segment in section ${s.key}`), upstream: `${s.key}=!bad-parameter` })
-    paths.push(path)
+    paths.push(s.template.refs === undefined ? path : null)
   }
   return new Promise((resolve) => {
-    new Fanout(plan, paths, clientHeaders, headers, resolve).start()
+    new Fanout(plan, params, paths, clientHeaders, headers, fields, resolve, trace).start()
   })
 }
 
 const NULL = Buffer.from('null')
 const CLOSE = Buffer.from('}')
+const OPEN = Buffer.from('{')
+const COMMA = Buffer.from(',')
+const EMPTY = Buffer.from('{}')
 
 /** The state of one aggregate request. */
 class Fanout {
   readonly #plan: AggregatePlan
-  /** Each section's filled path, in plan order. */
-  readonly #paths: readonly string[]
+  readonly #params: Readonly<Record<string, string | undefined>>
+  /** Each section's filled path, in plan order; null for a chained one until its inputs arrive. */
+  readonly #paths: Array<string | null>
   readonly #clientHeaders: IncomingHttpHeaders
   readonly #headers: Record<string, string | string[]>
+  readonly #fields: FieldSelection | null
   readonly #resolve: (r: FanoutResult) => void
+  /** Tracing: the request's trace, parent of one span per section; null when not traced. */
+  readonly #trace: RequestTrace | null
   readonly #results: Array<SectionResult | undefined>
+  /** Per chained section, how many of the sections it waits for have not settled. */
+  readonly #pendingDeps: number[] | null
   readonly #ac = new Cancellation()
-  /** Section calls still running (answered or not, the deadline covers them all). */
-  #running: number
+  /** Section calls started and not settled (the deadline timer covers them). */
+  #inFlight = 0
   /** Sections the answer still waits for. */
   #waiting: number
   #done = false
   #deadlinePassed = false
   #timer: NodeJS.Timeout | null = null
+  /** Per section, a stored answer past its freshness, served if the deadline comes first; null until one is seen. */
+  #staleAtDeadline: Array<CacheEntry | undefined> | null = null
 
-  constructor (plan: AggregatePlan, paths: readonly string[], clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, resolve: (r: FanoutResult) => void) {
+  constructor (plan: AggregatePlan, params: Readonly<Record<string, string | undefined>>, paths: Array<string | null>, clientHeaders: IncomingHttpHeaders, headers: Record<string, string | string[]>, fields: FieldSelection | null, resolve: (r: FanoutResult) => void, trace: RequestTrace | null = null) {
     this.#plan = plan
+    this.#trace = trace
+    this.#params = params
     this.#paths = paths
     this.#clientHeaders = clientHeaders
     this.#headers = headers
+    this.#fields = fields
     this.#resolve = resolve
     this.#results = new Array<SectionResult | undefined>(plan.sections.length)
-    this.#running = this.#waiting = plan.sections.length
+    this.#pendingDeps = plan.chained ? plan.sections.map((s) => s.deps.length) : null
+    let n = 0
+    for (let i = 0; i < plan.sections.length; i++) if (this.#called(i)) n++
+    this.#waiting = n
   }
 
   start (): void {
     this.#timer = setTimeout(onDeadline, this.#plan.timeoutMs, this)
     const sections = this.#plan.sections
     for (let i = 0; i < sections.length; i++) {
-      const s = sections[i]!
-      fetchSection(this, s, this.#paths[i]!).then((r) => this.#settle(s, r), (err: unknown) => this.#settle(s, failed('error', err, null, 0)))
+      if (sections[i]!.deps.length === 0 && this.#called(i)) this.#launch(sections[i]!, this.#paths[i]!)
     }
   }
 
@@ -133,6 +155,33 @@ class Fanout {
   /** True once the answer is decided: a section still running is no longer needed. */
   get done (): boolean { return this.#done }
   get deadlinePassed (): boolean { return this.#deadlinePassed }
+  /** The client's `?fields=` paths for a section, or null for all of it. */
+  trimOf (i: number): SelectTree | null {
+    return this.#fields === null ? null : this.#fields.trim[i] ?? null
+  }
+
+  /** A section call went out while a stale-usable copy exists: the deadline may serve it. */
+  keepStale (i: number, entry: CacheEntry): void {
+    (this.#staleAtDeadline ??= new Array<CacheEntry | undefined>(this.#plan.sections.length))[i] = entry
+  }
+
+  #called (i: number): boolean {
+    return this.#fields === null || this.#fields.called[i]!
+  }
+
+  #shown (i: number): boolean {
+    return this.#fields === null || this.#fields.shown[i]!
+  }
+
+  #launch (s: SectionPlan, path: string): void {
+    this.#inFlight++
+    if (this.#trace !== null) {
+      const span = this.#trace.section(s.key)
+      runSection(this, s, path, span).then((r) => { span.end(r.outcome); this.#settle(s, r, true) }, (err: unknown) => { span.end('error'); this.#settle(s, failed('error', err, null, 0), true) })
+      return
+    }
+    runSection(this, s, path, null).then((r) => this.#settle(s, r, true), (err: unknown) => this.#settle(s, failed('error', err, null, 0), true))
+  }
 
   /**
    * The route's deadline passed: every call still running is aborted (its
@@ -144,8 +193,22 @@ class Fanout {
     this.#deadlinePassed = true
     this.#ac.abort(new GatewayError('GW_DEADLINE', `route deadline of ${this.#plan.timeoutMs} ms passed`))
     if (this.#done) return
+    // A cached section whose origins hang is answered from its stale copy.
+    const stale = this.#staleAtDeadline
+    if (stale !== null) {
+      for (let i = 0; i < stale.length; i++) {
+        const entry = stale[i]
+        if (entry === undefined || this.#results[i] !== undefined) continue
+        const s = this.#plan.sections[i]!
+        if (s.cache!.store.now() >= entry.staleUntil) continue
+        if (s.cache!.counters !== null) s.cache!.counters.stale.inc()
+        const r = parsed(this, s, fromCache(entry, true))
+        this.#results[i] = r
+        if (s.counters !== null) s.counters[r.outcome].inc()
+      }
+    }
     this.#markUnanswered('deadline')
-    const required = this.#plan.sections.find((s) => s.required && this.#results[s.index]!.outcome === 'deadline')
+    const required = this.#plan.sections.find((s) => s.required && this.#called(s.index) && this.#results[s.index]!.outcome === 'deadline')
     if (required !== undefined) {
       this.#fail(new GatewayError('GW_DEADLINE', `the route deadline of ${this.#plan.timeoutMs} ms passed before section ${required.key} answered`, { section: required.key, headers: failedHeaders(required.key) }))
     } else {
@@ -153,12 +216,12 @@ class Fanout {
     }
   }
 
-  #settle (s: SectionPlan, r: SectionResult): void {
-    if (--this.#running === 0 && this.#timer !== null) {
-      clearTimeout(this.#timer)
-      this.#timer = null
+  #settle (s: SectionPlan, r: SectionResult, call: boolean): void {
+    if (call) this.#inFlight--
+    if (this.#done) {
+      this.#releaseTimer()
+      return
     }
-    if (this.#done) return
     this.#results[s.index] = r
     if (s.counters !== null) s.counters[r.outcome].inc()
     if (r.outcome !== 'ok' && s.required) {
@@ -168,54 +231,105 @@ class Fanout {
       this.#fail(requiredFailure(s, r))
       return
     }
-    if (--this.#waiting === 0) this.#finish()
+    this.#waiting--
+    if (this.#pendingDeps !== null) {
+      const dependents = s.dependents
+      for (let k = 0; k < dependents.length && !this.#done; k++) {
+        const d = dependents[k]!
+        if (this.#called(d) && --this.#pendingDeps[d]! === 0) this.#startChained(this.#plan.sections[d]!)
+      }
+    }
+    if (!this.#done && this.#waiting === 0) this.#finish()
+  }
+
+  /** Every section `s` waits for has settled: fill its path and send it, or fail it. */
+  #startChained (s: SectionPlan): void {
+    const results = this.#results
+    for (const d of s.deps) {
+      if (results[d]!.outcome !== 'ok') {
+        this.#settle(s, failed('dependency', new Error(`section ${this.#plan.sections[d]!.key} failed`), null, 0), false)
+        return
+      }
+    }
+    let bad: string | null = null
+    const path = fillTemplate(s.template, this.#params, (ref: SectionRef) => {
+      const v = pickPath(results[ref.section]!.value, ref.path)
+      if (typeof v === 'string' || (typeof v === 'number' && Number.isFinite(v))) return String(v)
+      bad ??= `field ${ref.path.join('.')} of section ${this.#plan.sections[ref.section]!.key} is ${v === null ? 'missing or null' : `a${Array.isArray(v) ? 'n array' : ` ${typeof v}`}`}, not a string or number`
+      return null
+    })
+    if (path === null) {
+      this.#settle(s, failed('dependency', new Error(bad ?? 'a field value would make a "." or ".." path segment'), null, 0), false)
+      return
+    }
+    this.#launch(s, path)
   }
 
   /** Gives every unanswered section `outcome` (and counts it). */
   #markUnanswered (outcome: SectionOutcome): void {
     const sections = this.#plan.sections
     for (let i = 0; i < sections.length; i++) {
-      if (this.#results[i] !== undefined) continue
+      if (this.#results[i] !== undefined || !this.#called(i)) continue
       const s = sections[i]!
       this.#results[i] = failed(outcome, null, null, 0)
       if (s.counters !== null) s.counters[outcome].inc()
     }
   }
 
+  #releaseTimer (): void {
+    if (this.#inFlight === 0 && this.#timer !== null) {
+      clearTimeout(this.#timer)
+      this.#timer = null
+    }
+  }
+
   #fail (error: GatewayError): void {
     this.#done = true
+    this.#releaseTimer()
     if (this.#plan.counters !== null) this.#plan.counters.failed.inc()
     this.#resolve({ ok: false, error, upstream: this.#upstream() })
   }
 
   #finish (): void {
     this.#done = true
+    this.#releaseTimer()
     const sections = this.#plan.sections
-    const parts = new Array<Buffer>(sections.length * 2 + 1)
+    const parts: Buffer[] = []
     let failedKeys: string | null = null
+    let staleKeys: string | null = null
+    let first = true
     for (let i = 0; i < sections.length; i++) {
+      if (!this.#shown(i)) continue
       const s = sections[i]!
       const r = this.#results[i]!
-      parts[2 * i] = s.prefix
+      // Client fields may leave the plan's first section out: the prefix then depends on position.
+      if (this.#fields === null) parts.push(s.prefix)
+      else {
+        parts.push(first ? OPEN : COMMA, s.keyJson)
+        first = false
+      }
       if (r.outcome === 'ok') {
-        parts[2 * i + 1] = r.body!
+        const trim = this.trimOf(i)
+        parts.push(trim === null ? r.body! : Buffer.from(JSON.stringify(selectTree(r.value, trim)) ?? 'null', 'utf8'))
+        if (r.stale === true) staleKeys = staleKeys === null ? s.key : `${staleKeys},${s.key}`
       } else {
-        parts[2 * i + 1] = NULL
+        parts.push(NULL)
         failedKeys = failedKeys === null ? s.key : `${failedKeys},${s.key}`
       }
     }
-    parts[sections.length * 2] = CLOSE
+    parts.push(CLOSE)
     if (this.#plan.counters !== null) this.#plan.counters[failedKeys === null ? 'complete' : 'partial'].inc()
-    this.#resolve({ ok: true, body: Buffer.concat(parts), failed: failedKeys, upstream: this.#upstream() })
+    this.#resolve({ ok: true, body: parts.length === 1 ? EMPTY : Buffer.concat(parts), failed: failedKeys, stale: staleKeys, upstream: this.#upstream() })
   }
 
   #upstream (): string {
     const sections = this.#plan.sections
     let out = ''
     for (let i = 0; i < sections.length; i++) {
+      if (!this.#called(i)) continue
       const r = this.#results[i]
-      const what = r === undefined ? '!cancelled' : r.outcome === 'ok' ? r.origin! : `!${r.outcome}${r.status === 0 ? '' : `:${r.status}`}`
-      out += `${i === 0 ? '' : ' '}${sections[i]!.key}=${what}`
+      const what = r === undefined ? '!cancelled' : r.outcome === 'ok' ? (r.stale === true ? `${r.origin!}:stale` : r.origin!) : `!${r.outcome}${r.status === 0 ? '' : `:${r.status}`}`
+      out += `${out === '' ? '' : ' '}${sections[i]!.key}=${what}`
     }
     return out
   }
@@ -223,18 +337,108 @@ class Fanout {
 
 function onDeadline (f: Fanout): void { f.deadline() }
 
-/** Fetches one section through its service; resolves with what happened, never rejects. */
-async function fetchSection (f: Fanout, s: SectionPlan, path: string): Promise<SectionResult> {
+/**
+ * One section call with everything around it: a fresh cached answer
+ * instead of the call, the call shared with identical concurrent ones, a
+ * stale answer when every origin failed, then parsing and shaping when the
+ * section needs them. Resolves with what happened, never rejects.
+ */
+async function runSection (f: Fanout, s: SectionPlan, path: string, span: SectionSpan | null): Promise<SectionResult> {
+  const cache = s.cache
+  if (cache === null && s.coalesce === null) return parsed(f, s, await fetchSection(f, s, path, true, span))
+  let key: string | null = null
+  let entry: CacheEntry | undefined
+  if (cache !== null) {
+    if (!cache.variesOnAuth && f.headers.authorization !== undefined) {
+      // A call carrying credentials is the caller's own unless the key says so.
+      if (cache.counters !== null) cache.counters.bypass.inc()
+      span?.cache('bypass')
+    } else {
+      key = cacheKey(s.serviceName, path, cache.vary, f.headers)
+      entry = cache.store.get(key)
+      if (entry !== undefined && cache.store.now() < entry.freshUntil) {
+        if (cache.counters !== null) cache.counters.hit.inc()
+        span?.cache('hit')
+        return parsed(f, s, fromCache(entry, false))
+      }
+    }
+  }
+  if (entry !== undefined) f.keepStale(s.index, entry)
+  let r: SectionResult
+  if (s.coalesce !== null) {
+    // Followers share the leader's bytes; the call is not tied to the
+    // leader's answer being still open (its deadline still bounds it).
+    const ckey = `${s.serviceName}\u0000${path}${headerValues(s.keyHeaders, f.headers)}`
+    r = await s.coalesce.run(ckey, () => fetchAndStore(f, s, path, key, false, span)).promise
+  } else {
+    r = await fetchAndStore(f, s, path, key, true, span)
+  }
+  if (cache !== null && key !== null) {
+    if (r.outcome !== 'ok' && entry !== undefined && everyOriginFailed(r)) {
+      // Past the route deadline the stale copy was already served (and counted) then.
+      if (f.deadlinePassed) return r
+      if (cache.counters !== null) cache.counters.stale.inc()
+      span?.cache('stale')
+      return parsed(f, s, fromCache(entry, true))
+    }
+    if (cache.counters !== null) cache.counters.miss.inc()
+    span?.cache('miss')
+  }
+  return parsed(f, s, r)
+}
+
+/** The call, and the answer stored when the section is cached and the answer may be. */
+async function fetchAndStore (f: Fanout, s: SectionPlan, path: string, key: string | null, dropWhenDone: boolean, span: SectionSpan | null): Promise<SectionResult> {
+  const r = await fetchSection(f, s, path, dropWhenDone, span)
+  const cache = s.cache
+  if (cache !== null && key !== null && r.outcome === 'ok' && r.status === 200 && r.body!.length <= cache.maxEntryBytes) {
+    const ttl = storableTtl(r.cacheControl, cache.ttlMs)
+    if (ttl !== null) cache.store.set(key, 200, null, r.body!, ttl, cache.staleMs)
+  }
+  return r
+}
+
+/** Failures that make a stale answer better than none: no usable answer from any origin. */
+function everyOriginFailed (r: SectionResult): boolean {
+  const o = r.outcome
+  return o === 'error' || o === 'timeout' || o === 'deadline' || o === 'invalid_body' || (o === 'error_status' && r.status >= 500)
+}
+
+function fromCache (e: CacheEntry, stale: boolean): SectionResult {
+  return { outcome: 'ok', body: e.body, status: e.status, origin: 'cache', cause: null, stale }
+}
+
+/** Parses (and shapes) an answer that another section reads, that is shaped, or that `?fields=` trims. */
+function parsed (f: Fanout, s: SectionPlan, r: SectionResult): SectionResult {
+  if (r.outcome !== 'ok' || (!s.parse && f.trimOf(s.index) === null)) return r
+  let value: unknown
+  try {
+    value = JSON.parse(r.body!.toString('utf8'))
+  } catch (err) {
+    return failed('invalid_body', err, r.origin, r.status)
+  }
+  if (s.shape === null) return { ...r, value }
+  value = applyShape(s.shape, value)
+  return { ...r, value, body: Buffer.from(JSON.stringify(value) ?? 'null', 'utf8') }
+}
+
+/**
+ * Fetches one section through its service; resolves with what happened,
+ * never rejects. With `dropWhenDone`, an answer that arrives after the
+ * aggregate answer went out is dumped unread (a shared call is read: others
+ * may wait for it).
+ */
+async function fetchSection (f: Fanout, s: SectionPlan, path: string, dropWhenDone: boolean, span: SectionSpan | null): Promise<SectionResult> {
   let res: UpstreamResponse
   try {
-    res = await s.service.send({ method: 'GET', path, headers: f.headers, body: null, signal: f.signal }, f.clientHeaders)
+    res = await s.service.send({ method: 'GET', path, headers: f.headers, body: null, signal: f.signal, trace: span }, f.clientHeaders, s.sendOptions)
   } catch (err) {
     return failed(errorOutcome(f, err), err, null, 0)
   }
   const status = res.statusCode
   const origin = res.origin.label
   const body = res.body
-  if (f.done) {
+  if (dropWhenDone && f.done) {
     // The answer went out without this section: keep the socket if the rest is small.
     body.dump().catch(noop)
     return failed('cancelled', null, origin, status)
@@ -262,7 +466,7 @@ async function fetchSection (f: Fanout, s: SectionPlan, path: string): Promise<S
   }
   if (bytes === null) return failed('too_large', null, origin, status)
   if (!isJson(bytes)) return failed('invalid_body', new Error('the answer is not valid JSON'), origin, status)
-  return { outcome: 'ok', body: bytes, status, origin, cause: null }
+  return { outcome: 'ok', body: bytes, status, origin, cause: null, cacheControl: res.headers['cache-control'] }
 }
 
 function failed (outcome: SectionOutcome, cause: unknown, origin: string | null, status: number): SectionResult {
@@ -295,6 +499,8 @@ function requiredFailure (s: SectionPlan, r: SectionResult): GatewayError {
       return new GatewayError('GW_UPSTREAM_FAILED', `${where} did not answer with valid JSON`, opts)
     case 'too_large':
       return new GatewayError('GW_UPSTREAM_FAILED', `${where} answered with more than the section limit`, opts)
+    case 'dependency':
+      return new GatewayError('GW_UPSTREAM_FAILED', `${where} could not be called: ${r.cause instanceof Error ? r.cause.message : 'a section it needs failed'}`, opts)
     default:
       return new GatewayError('GW_UPSTREAM_FAILED', `${where}: every allowed origin failed`, opts)
   }

@@ -16,8 +16,10 @@ import { Value, ValueErrorType, type ValueError } from '@sinclair/typebox/value'
 import {
   TopSchema, ServiceSchema, DeploymentSchema, LatticeOriginSchema, OriginUrlSchema,
   ProxyRouteSchema, AggregateRouteSchema,
+  AuthSchema, POLICY_OPERATORS, POLICY_KEY, HEADER_NAME, type AuthConfig, type PolicyStatement, type PolicyStatementRaw, type JwtConfig, type PolicyOperator,
   type GatewayConfig, type ServiceConfig, type RouteConfig, type DeploymentConfig, type OriginSpec
 } from './schema.js'
+import { buildGraph } from '../aggregate/graph.js'
 
 // TypeBox knows no string formats until they are registered; without this
 // every `format: 'uri'` value fails with "Unknown format".
@@ -94,7 +96,7 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // from `doc` below, and a `routes` mapping with a `length` key would
   // break TypeBox's array defaulting (it is reported by the check above).
   const { services: _s, routes: _r, ...rest } = doc
-  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'], fleet?: GatewayConfig['fleet'] }
+  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'], tracing: GatewayConfig['tracing'], fleet?: GatewayConfig['fleet'] }
   // A `services` or `routes` of the wrong shape is reported by the check
   // above; nothing below reports again on its account.
   const servicesRaw = doc.services === undefined ? {} : isMapping(doc.services) ? doc.services : null
@@ -107,12 +109,16 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   }
   if (servicesRaw !== null && Object.keys(servicesRaw).length === 0) issues.push({ path: 'services', message: 'at least one service is required' })
 
+  // Edge authentication (SPEC §14): the top-level part first, routes refer to it.
+  const auth = compileAuth(doc.auth, issues)
+
   const routes: RouteConfig[] = []
   const seen = new Map<string, string>()
   routesRaw.forEach((r, i) => {
     const path = `routes[${i}]`
-    const route = compileRoute(r, path, issues)
-    if (route === undefined) return
+    const compiled = compileRoute(r, path, issues)
+    if (compiled === undefined) return
+    const route = routeAuth(compiled, path, auth, issues)
     const services_ = route.type === 'proxy' ? [[`${path}.service`, route.service]] : Object.entries(route.sections).map(([k, s]) => [`${path}.sections.${k}.service`, s.service])
     for (const [p, svc] of services_) {
       // Own names only: a route naming "constructor" is not a service.
@@ -128,7 +134,9 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // A value checked twice (a deployment inside its service, then alone) reports once.
   const unique = issues.filter((x, i) => issues.findIndex((y) => y.path === x.path && y.message === x.message) === i)
   if (unique.length > 0) throw new ConfigError(unique, source)
-  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, ...(top.fleet === undefined ? {} : { fleet: top.fleet }), services, routes })
+  const config: GatewayConfig = { server: top.server, admin: top.admin, lattice: top.lattice, tracing: top.tracing, ...(top.fleet === undefined ? {} : { fleet: top.fleet }), services, routes }
+  if (auth.config !== undefined) config.auth = auth.config
+  return deepFreeze(config)
 }
 
 const MAX_DEPTH = 32
@@ -257,6 +265,11 @@ function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): Route
     issues.push({ path, message: `must be a mapping with type "proxy" or "aggregate" (got ${show(raw)})` })
     return undefined
   }
+  // Edge auth: `auth` is "jwt" or { policy }; said in those words (the schema's union would name "jwt" only).
+  if (raw.auth !== undefined && raw.auth !== 'jwt' && !(isMapping(raw.auth) && typeof raw.auth.policy === 'string' && raw.auth.policy !== '' && Object.keys(raw.auth).length === 1)) {
+    issues.push({ path: `${path}.auth`, message: `must be one of "jwt", { policy: <name> } (got ${show(raw.auth)})` })
+    delete raw.auth // our own copy (screen() made it)
+  }
   const type = raw.type
   if (type === 'proxy') return check(ProxyRouteSchema, raw, path, issues) as RouteConfig | undefined
   if (type === 'aggregate') {
@@ -266,18 +279,137 @@ function compileRoute (raw: unknown, path: string, issues: ConfigIssue[]): Route
     if (Object.keys(route.sections).length === 0) issues.push({ path: `${path}.sections`, message: 'needs at least one section' })
     for (const [key, s] of Object.entries(route.sections)) {
       for (const m of s.path.matchAll(/\{([^}]*)\}/g)) {
-        if (!params.has(m[1]!)) issues.push({ path: `${path}.sections.${key}.path`, message: `placeholder {${m[1]}} is not a parameter of ${route.path}` })
+        // `{section.field}` names another section (checked by the graph below).
+        if (!m[1]!.includes('.') && !params.has(m[1]!)) issues.push({ path: `${path}.sections.${key}.path`, message: `placeholder {${m[1]}} is not a parameter of ${route.path}` })
       }
       // The gateway refuses to send a "." or ".." segment (aggregate/plan.ts).
       if (s.path.replace(/\{[^}]*\}/g, 'x').split(/[?#]/)[0]!.split('/').some((seg) => seg === '.' || seg === '..')) {
         issues.push({ path: `${path}.sections.${key}.path`, message: 'must not have a "." or ".." segment' })
       }
     }
+    // Chained sections (SPEC §12): unknown names and cycles, at the section.
+    for (const g of buildGraph(Object.entries(route.sections).map(([k, s]) => [k, s.path] as const)).issues) {
+      issues.push({ path: `${path}.sections.${g.section}`, message: g.message })
+    }
     return { ...route, forwardHeaders: route.forwardHeaders.map((h) => h.toLowerCase()) }
   }
   issues.push({ path: `${path}.type`, message: 'must be "proxy" or "aggregate"' })
   return undefined
 }
+
+// ---- edge authentication (SPEC §14) ----
+
+/** What routes may refer to: the validated `auth` (undefined when absent or broken) and the names the file defines. */
+interface AuthInfo {
+  config: AuthConfig | undefined
+  hasJwt: boolean
+  policies: string[]
+}
+
+function compileAuth (raw: unknown, issues: ConfigIssue[]): AuthInfo {
+  if (raw === undefined) return { config: undefined, hasJwt: false, policies: [] }
+  const before = issues.length
+  const checked = check(AuthSchema, raw, 'auth', issues) as { jwt?: JwtConfig, policies: Record<string, PolicyStatementRaw[]> } | undefined
+  const doc = isMapping(raw) ? raw : {}
+  const rawPolicies = isMapping(doc.policies) ? doc.policies : {}
+  // Conditions are checked even when something else is wrong: one run reports everything.
+  const policies: Record<string, PolicyStatement[]> = {}
+  for (const [name, stmts] of Object.entries(rawPolicies)) {
+    if (!Array.isArray(stmts)) continue
+    policies[name] = stmts.map((st: unknown, i) => {
+      const { condition, ...rest } = (isMapping(st) ? st : {}) as PolicyStatementRaw
+      return { ...rest, condition: checkCondition(condition, `auth.policies.${name}[${i}].condition`, issues) } as PolicyStatement
+    })
+  }
+  if (isMapping(doc.jwt) && typeof doc.jwt.jwksUrl === 'string' && doc.jwt.jwksUrl !== '') {
+    const u = URL.canParse(doc.jwt.jwksUrl) ? new URL(doc.jwt.jwksUrl) : null
+    if (u === null || (u.protocol !== 'http:' && u.protocol !== 'https:')) issues.push({ path: 'auth.jwt.jwksUrl', message: `must be an http: or https: URL (got ${show(doc.jwt.jwksUrl)})` })
+  }
+  const info: AuthInfo = { config: undefined, hasJwt: doc.jwt !== undefined, policies: Object.keys(rawPolicies) }
+  if (checked !== undefined && issues.length === before) info.config = checked.jwt === undefined ? { policies } : { jwt: checked.jwt, policies }
+  return info
+}
+
+/** `{ Operator: { key: value | [values] } }` -> `{ Operator: { key: [values] } }`, every unknown operator and key reported. */
+function checkCondition (raw: unknown, path: string, issues: ConfigIssue[]): PolicyStatement['condition'] {
+  const out: PolicyStatement['condition'] = {}
+  if (raw === undefined) return out
+  if (!isMapping(raw)) {
+    issues.push({ path, message: `must be a mapping of operators, e.g. { StringEquals: { "jwt:sub": "alice" } } (got ${show(raw)})` })
+    return out
+  }
+  for (const [op, keys] of Object.entries(raw)) {
+    if (!(POLICY_OPERATORS as readonly string[]).includes(op)) {
+      const near = POLICY_OPERATORS.find((o) => editDistance(o.toLowerCase(), op.toLowerCase()) <= 3)
+      issues.push({ path: `${path}.${op}`, message: `unknown operator${near !== undefined ? ` (did you mean "${near}"?)` : ''} — allowed: ${POLICY_OPERATORS.join(', ')}` })
+      continue
+    }
+    if (!isMapping(keys)) {
+      issues.push({ path: `${path}.${op}`, message: `must be a mapping of condition keys to values (got ${show(keys)})` })
+      continue
+    }
+    const compiled: Record<string, string[]> = {}
+    for (const [key, value] of Object.entries(keys)) {
+      const p = `${path}.${op}.${key}`
+      if (!POLICY_KEY.test(key)) {
+        issues.push({ path: p, message: 'unknown condition key — use jwt:<claim>, request:method, request:path, request:header/<name>, request:query/<name> or source:ip' })
+        continue
+      }
+      const values = Array.isArray(value) ? value : [value]
+      if (values.length === 0 || !values.every((v) => typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean')) {
+        issues.push({ path: p, message: `must be a string or a non-empty list of strings (got ${show(value)})` })
+        continue
+      }
+      compiled[key] = values.map(String)
+    }
+    out[op as PolicyOperator] = compiled
+  }
+  return out
+}
+
+// Never set from claims: they describe the connection, or the gateway sets them itself.
+const RESERVED_HEADERS = new Set(['host', 'authorization', 'connection', 'keep-alive', 'proxy-authorization', 'proxy-authenticate', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length', 'x-request-id', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host'])
+
+/** Checks a route's auth keys against the top-level `auth`; claim headers are lower-cased (and forwarded by aggregate routes). */
+function routeAuth (route: RouteConfig, path: string, auth: AuthInfo, issues: ConfigIssue[]): RouteConfig {
+  if (route.auth === undefined && route.forwardAuthorization === undefined && route.claimHeaders === undefined && route.rateLimit === undefined) return route
+  if (route.auth !== undefined && !auth.hasJwt) issues.push({ path: `${path}.auth`, message: 'needs auth.jwt (jwksUrl, issuer, audience) at the top level' })
+  if (typeof route.auth === 'object' && !auth.policies.includes(route.auth.policy)) {
+    issues.push({ path: `${path}.auth.policy`, message: `unknown policy "${route.auth.policy}" (defined: ${auth.policies.join(', ') || 'none'})` })
+  }
+  for (const k of ['forwardAuthorization', 'claimHeaders'] as const) {
+    if (route[k] !== undefined && route.auth === undefined) issues.push({ path: `${path}.${k}`, message: 'applies only to a route with auth' })
+  }
+  let claimHeaders: Record<string, string> | undefined
+  if (route.claimHeaders !== undefined) {
+    claimHeaders = {}
+    const used = new Map<string, string>()
+    for (const [claim, header] of Object.entries(route.claimHeaders)) {
+      const h = header.toLowerCase()
+      if (RESERVED_HEADERS.has(h)) issues.push({ path: `${path}.claimHeaders.${claim}`, message: `"${h}" cannot carry a claim (the gateway or the connection owns it)` })
+      else if (used.has(h)) issues.push({ path: `${path}.claimHeaders.${claim}`, message: `header "${h}" already carries claim "${used.get(h)}"` })
+      used.set(h, claim)
+      claimHeaders[claim] = h
+    }
+  }
+  if (route.rateLimit !== undefined) {
+    const key = route.rateLimit.key
+    const p = `${path}.rateLimit.key`
+    if (key.startsWith('jwt:')) {
+      if (key.length === 4) issues.push({ path: p, message: 'names no claim (jwt:<claim>)' })
+      else if (route.auth === undefined) issues.push({ path: p, message: `"${key}" needs the route to have auth (a verified token)` })
+    } else if (key.startsWith('header:')) {
+      if (!HEADER_NAME.test(key.slice(7))) issues.push({ path: p, message: `not a header name: "${key.slice(7)}"` })
+    } else if (key !== 'ip') {
+      issues.push({ path: p, message: `must be "ip", "header:<name>" or "jwt:<claim>" (got ${show(key)})` })
+    }
+  }
+  if (claimHeaders === undefined) return route
+  const out = { ...route, claimHeaders }
+  if (out.type === 'aggregate') out.forwardHeaders = [...new Set([...out.forwardHeaders, ...Object.values(claimHeaders)])]
+  return out
+}
+// ---- end edge authentication ----
 
 function normaliseTemplate (path: string): string {
   return path.replace(/:[A-Za-z0-9_]+/g, ':').replace(/\/+$/, '') || '/'

@@ -55,6 +55,10 @@ export const ServerSchema = closed({
   // --- end hostile clients ---
   /** Worker processes sharing the public port (node:cluster); `auto`: one per core. 1: no cluster at all. */
   workers: Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('auto')], { default: 1 }),
+  /** Query parameters whose values the access log writes as `[redacted]` (names compared case-insensitively). */
+  redactQueryParams: Type.Array(Type.String({ minLength: 1 }), { default: ['token', 'access_token', 'api_key', 'key', 'signature', 'X-Amz-Signature'] }),
+  /** Bytes of answers the response cache (SPEC §12) may hold in this process; least recently used out first. */
+  cacheMaxBytes: Type.Integer({ minimum: 0, default: 64 * 1024 * 1024 }),
   logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })
 }, { default: {} })
 
@@ -160,19 +164,112 @@ export const ServiceSchema = closed({
   // --- end rollouts ---
 })
 
+// ---- edge authentication (SPEC §14) ----
+
+/** The condition operators of a policy statement (IAM's String operators). */
+export const POLICY_OPERATORS = ['StringEquals', 'StringNotEquals', 'StringEqualsIgnoreCase', 'StringNotEqualsIgnoreCase', 'StringLike', 'StringNotLike'] as const
+export type PolicyOperator = typeof POLICY_OPERATORS[number]
+/** Condition keys: `jwt:<claim>`, `request:method`, `request:path`, `request:header/<name>`, `request:query/<name>`, `source:ip`. */
+export const POLICY_KEY = /^(?:jwt:.+|request:method|request:path|request:header\/[!#$%&'*+.^_`|~0-9A-Za-z-]+|request:query\/.+|source:ip)$/
+/** An HTTP header name (RFC 9110 token). */
+export const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'] as const
+
+const OneOrMore = Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1 })])
+
+export const JwtSchema = closed({
+  /** http: or https: URL of the JSON Web Key Set. */
+  jwksUrl: Type.String({ minLength: 1 }),
+  issuer: OneOrMore,
+  audience: OneOrMore,
+  algorithms: Type.Array(Type.Union(JWT_ALGORITHMS.map((a) => Type.Literal(a))), { minItems: 1, uniqueItems: true, default: ['RS256'] }),
+  clockToleranceSec: Type.Integer({ minimum: 0, default: 0 }),
+  /** An unknown `kid` refetches the JWKS at most once per this interval. */
+  jwksCooldownMs: Ms(0, 30000),
+  /** The JWKS is re-read this often in the background (a failed read keeps the keys). */
+  jwksRefreshMs: Ms(100, 600000),
+  /** One JWKS fetch may take this long. */
+  jwksTimeoutMs: Ms(1, 5000)
+})
+
+export const PolicyStatementSchema = closed({
+  effect: Type.Union([Type.Literal('Allow'), Type.Literal('Deny')]),
+  methods: Type.Optional(Type.Array(Method, { minItems: 1, uniqueItems: true })),
+  /** Globs over the request path: `*` any characters (`/` too), `?` one. */
+  paths: Type.Optional(Type.Array(Type.String({ pattern: '^/' }), { minItems: 1 })),
+  /** `{ Operator: { key: value | [values] } }`; checked by the loader (operators and keys). */
+  condition: Type.Optional(Type.Unknown())
+})
+
+export const AuthSchema = closed({
+  jwt: Type.Optional(JwtSchema),
+  policies: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Array(PolicyStatementSchema, { minItems: 1 }), { default: {}, additionalProperties: false })
+})
+
+export const RateLimitSchema = closed({
+  max: Type.Integer({ minimum: 1 }),
+  windowMs: Ms(1, 60000),
+  /** `ip`, `header:<name>` or `jwt:<claim>`. */
+  key: Type.String({ minLength: 1, default: 'ip' })
+})
+
+/** Keys every route type takes for edge authentication (SPEC §14). */
+function routeAuthProps () {
+  return {
+    /** `jwt` (a valid token) or `{ policy: name }` (a valid token, then the policy). */
+    auth: Type.Optional(Type.Union([Type.Literal('jwt'), closed({ policy: Type.String({ minLength: 1 }) })])),
+    /** Send the client's `Authorization` upstream on an authenticated route (default: removed). */
+    forwardAuthorization: Type.Optional(Type.Boolean()),
+    /** Verified claims sent upstream as headers: `{ claim: header }`. */
+    claimHeaders: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ pattern: HEADER_NAME.source }))),
+    rateLimit: Type.Optional(RateLimitSchema)
+  }
+}
+// ---- end edge authentication ----
+
+/** `cache:` on an aggregate section or a proxy route (SPEC §12). */
+export const CacheSchema = closed({
+  /** How long a stored answer is served without an upstream call (capped by the upstream's `max-age`). */
+  ttlMs: Type.Integer({ minimum: 1 }),
+  /** How long past `ttlMs` a stored answer is served when every origin failed. */
+  staleIfErrorMs: Type.Integer({ minimum: 0, default: 0 }),
+  /** Request headers whose values are part of the key. */
+  vary: Type.Array(Type.String({ minLength: 1 }), { default: [], uniqueItems: true }),
+  /** A larger answer is not stored. */
+  maxEntryBytes: Type.Integer({ minimum: 1, default: 1048576 })
+})
+
 export const ProxyRouteSchema = closed({
   type: Type.Literal('proxy'),
   prefix: Type.String({ pattern: '^/' }),
   service: Type.String({ minLength: 1 }),
   rewritePrefix: Type.Optional(Type.String({ pattern: '^(/.*)?$' })),
   /** An upstream answer larger than this is refused (502) or cut; 0: no limit (answers stream, memory stays bounded). */
-  maxResponseBytes: Type.Integer({ minimum: 0, default: 0 })
+  maxResponseBytes: Type.Integer({ minimum: 0, default: 0 }),
+  ...routeAuthProps(),
+  /** GET/HEAD 200 answers stored and served again (SPEC §12). */
+  cache: Type.Optional(CacheSchema)
 })
+
+/** A dotted path into a JSON value: `a`, `a.b.c` (no empty segment). */
+const DOTTED = '^[^.]+(\\.[^.]+)*$'
 
 export const SectionSchema = closed({
   service: Type.String({ minLength: 1 }),
   path: Type.String({ pattern: '^/' }),
-  required: Type.Boolean({ default: false })
+  required: Type.Boolean({ default: false }),
+  // --- SPEC §12: shaping, cache, coalescing, hedging ---
+  /** The value at this dotted path becomes the section (null when absent). */
+  pick: Type.Optional(Type.String({ pattern: DOTTED })),
+  /** Only these dotted paths of the object (or of each object of an array), nested as they were. */
+  select: Type.Optional(Type.Array(Type.String({ pattern: DOTTED }), { minItems: 1, uniqueItems: true })),
+  /** Top-level keys renamed, old: new. */
+  rename: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ minLength: 1 }))),
+  cache: Type.Optional(CacheSchema),
+  /** Concurrent identical calls share one upstream call. */
+  coalesce: Type.Boolean({ default: true }),
+  /** A second attempt to the other healthy origin when the first has not answered after this many ms. */
+  hedgeAfterMs: Type.Optional(Type.Integer({ minimum: 1 }))
 }, { default: {} }) // a default marks it for TypeBox to fill defaults inside Record values
 
 export const AggregateRouteSchema = closed({
@@ -184,7 +281,9 @@ export const AggregateRouteSchema = closed({
   forwardHeaders: Type.Array(Type.String({ minLength: 1 }), { default: ['authorization', 'accept-language'] }),
   /** A section answer larger than this is a failed section. */
   maxSectionBytes: Type.Integer({ minimum: 1, default: 1048576 }),
-  sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false })
+  fields: Type.Boolean({ default: false }),
+  sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false }),
+  ...routeAuthProps()
 })
 
 /** SPEC §10: replicas with the same url and name share one control state. */
@@ -198,25 +297,66 @@ export const FleetSchema = closed({
   heartbeatMs: Ms(10, 1000)
 })
 
+// --- tracing (SPEC §13; README "Observability") ---
+export const TracingSchema = closed({
+  /** The collector's OTLP/HTTP traces URL; empty (the default): tracing off, the SDK never loaded. */
+  otlpEndpoint: Type.String({ default: '', pattern: '^(https?://.+)?$' }),
+  protocol: Type.Union([Type.Literal('http/json'), Type.Literal('http/protobuf')], { default: 'http/json' }),
+  serviceName: Type.String({ minLength: 1, default: 'lattice-gateway' }),
+  /** Share of new traces recorded; a caller's sampled traceparent is always kept. */
+  sampleRatio: Type.Number({ minimum: 0, maximum: 1, default: 1 }),
+  /** Headers sent to the collector (e.g. an API key). */
+  headers: Type.Record(Type.String(), Type.String(), { default: {} }),
+  /** Ended spans waiting for export; one more is dropped and counted. */
+  maxQueueSize: Type.Integer({ minimum: 1, default: 2048 }),
+  /** How long an ended span waits for its batch to fill before it is exported. */
+  batchDelayMs: Ms(1, 1000),
+  /** One export, retries included, before its batch counts as dropped. */
+  exportTimeoutMs: Ms(1, 10000)
+}, { default: {} })
+// --- end tracing ---
+
 export const TopSchema = closed({
   server: ServerSchema,
   admin: AdminSchema,
   lattice: LatticeSchema,
   fleet: Type.Optional(FleetSchema),
+  tracing: TracingSchema,
   services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {}, additionalProperties: false }),
-  routes: Type.Array(Type.Unknown(), { default: [] })
+  routes: Type.Array(Type.Unknown(), { default: [] }),
+  /** Edge authentication (SPEC §14): checked by the loader part by part. */
+  auth: Type.Optional(Type.Unknown())
 })
 
 export type ServerConfig = Static<typeof ServerSchema> & { logLevel: string }
 export type AdminConfig = Static<typeof AdminSchema>
 export type LatticeConfig = Static<typeof LatticeSchema>
 export type FleetConfig = Static<typeof FleetSchema>
+export type TracingConfig = Static<typeof TracingSchema>
 export type LatticeOrigin = Static<typeof LatticeOriginSchema>['lattice']
 type ServiceRaw = Static<typeof ServiceSchema>
 export type ProxyRoute = Static<typeof ProxyRouteSchema>
 export type AggregateRoute = Static<typeof AggregateRouteSchema>
 export type SectionConfig = Static<typeof SectionSchema>
+export type CacheConfig = Static<typeof CacheSchema>
 export type RouteConfig = ProxyRoute | AggregateRoute
+export type JwtConfig = Static<typeof JwtSchema>
+export type PolicyStatementRaw = Static<typeof PolicyStatementSchema>
+export type RateLimitConfig = Static<typeof RateLimitSchema>
+/** A route's `auth` after validation. */
+export type RouteAuth = 'jwt' | { policy: string }
+/** One statement after validation: its condition as `{ operator: { key: [values] } }`. */
+export interface PolicyStatement {
+  effect: 'Allow' | 'Deny'
+  methods?: string[]
+  paths?: string[]
+  condition: Partial<Record<PolicyOperator, Record<string, string[]>>>
+}
+/** `auth` after validation (SPEC §14). */
+export interface AuthConfig {
+  jwt?: JwtConfig
+  policies: Record<string, PolicyStatement[]>
+}
 
 /** One deployment after validation: a primary and an optional secondary. */
 export interface DeploymentConfig {
@@ -237,6 +377,9 @@ export interface GatewayConfig {
   lattice: LatticeConfig
   /** Absent: each process keeps its own control state. */
   fleet?: FleetConfig
+  tracing: TracingConfig
   services: Record<string, ServiceConfig>
   routes: RouteConfig[]
+  /** Edge authentication (SPEC §14); absent when the file has no `auth`. */
+  auth?: AuthConfig
 }

@@ -6,6 +6,7 @@
  */
 import { validateConfig } from '../config/load.js'
 import type { GatewayConfig } from '../config/schema.js'
+import { DEMO_AUDIENCE, DEMO_ISSUER, DEMO_JWKS_URL } from './auth.js'
 
 export const DEMO_TOKEN = 'demo-token'
 
@@ -19,6 +20,34 @@ export const PRODUCT_DETAILS_ROUTE = {
     product: { service: 'product', path: '/products/{id}', required: true },
     reviews: { service: 'review', path: '/reviews?productId={id}' },
     inventory: { service: 'inventory', path: '/inventory/{id}' }
+  }
+} as const
+
+/** The demo's JWT-protected route: the reviews, for a verified user (sent as x-user-id, which also picks the sticky deployment). */
+export const DEMO_SECURE_ROUTE = {
+  type: 'proxy',
+  prefix: '/secure/reviews',
+  service: 'review',
+  rewritePrefix: '/reviews',
+  auth: 'jwt',
+  claimHeaders: { sub: 'x-user-id' },
+  rateLimit: { max: 30, windowMs: 60000, key: 'jwt:sub' }
+} as const
+
+/**
+ * The demo's aggregate route (SPEC §12): the product shaped to four
+ * fields, inventory called by the product's SKU once the product answered
+ * (reviews meanwhile in parallel), cached for 5 s and served stale for a
+ * minute when both inventory origins are down; clients may ask for less
+ * with `?fields=`.
+ */
+export const DEMO_DETAILS_ROUTE = {
+  ...PRODUCT_DETAILS_ROUTE,
+  fields: true,
+  sections: {
+    product: { service: 'product', path: '/products/{id}', required: true, select: ['id', 'name', 'price', 'sku'] },
+    reviews: { service: 'review', path: '/reviews?productId={id}', pick: 'reviews' },
+    inventory: { service: 'inventory', path: '/inventory/{product.sku}', rename: { inStock: 'available' }, cache: { ttlMs: 5000, staleIfErrorMs: 60000 }, hedgeAfterMs: 50 }
   }
 } as const
 
@@ -47,8 +76,11 @@ export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig
       { type: 'proxy', prefix: '/api/products', service: 'product', rewritePrefix: '/products' },
       { type: 'proxy', prefix: '/api/reviews', service: 'review', rewritePrefix: '/reviews' },
       { type: 'proxy', prefix: '/api/inventory', service: 'inventory', rewritePrefix: '/inventory' },
-      PRODUCT_DETAILS_ROUTE
-    ]
+      DEMO_DETAILS_ROUTE,
+      // Edge authentication (SPEC §14): tokens from `npm run demo:token`.
+      DEMO_SECURE_ROUTE
+    ],
+    auth: { jwt: { jwksUrl: DEMO_JWKS_URL, issuer: DEMO_ISSUER, audience: DEMO_AUDIENCE, algorithms: ['ES256'] } }
   }, 'demo config')
 }
 
@@ -61,7 +93,8 @@ lattice-gateway demo is running
   gateway  ${g}      admin  ${a}
 
 Try:
-  curl -i ${g}/products/1/details                 # aggregate: product + reviews + inventory
+  curl -i ${g}/products/1/details                 # aggregate: product + reviews + inventory (by the product's sku)
+  curl -s '${g}/products/1/details?fields=product.name,inventory.available'   # only what you ask for
   curl -i ${g}/api/products/2?currency=EUR        # proxy route -> product /products/2?currency=EUR
   curl -s ${a}/metrics | grep gateway_            # metrics
   curl -s ${auth} ${a}/admin/services       # state of every service
@@ -72,10 +105,21 @@ Failover drill (product primary dies; watch servedBy move to product-secondary):
   curl -s ${auth} ${a}/admin/services/product
   curl -X POST 127.0.0.1:9101/__demo/fail  |  curl -X POST 127.0.0.1:9101/__demo/recover
 
+Stale-if-error (both inventory origins down; the cached inventory section is served, x-aggregate-stale: inventory):
+  curl -s ${g}/products/1/details >/dev/null      # fills the cache
+  curl -X POST 127.0.0.1:9301/__demo/down?ms=30000; curl -X POST 127.0.0.1:9302/__demo/down?ms=30000
+  sleep 6; curl -si ${g}/products/1/details | grep -i x-aggregate
+
 Blue/green (review): shift to green, watch "version", then roll back:
   curl -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":50,"green":50}' ${a}/admin/services/review/traffic
   for u in alice bob carol dave; do curl -s -H "x-user-id: $u" ${g}/api/reviews?productId=1; echo; done
   curl -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":100,"green":0}' ${a}/admin/services/review/traffic
+
+JWT-protected route (tokens signed by the demo issuer, JWKS on 127.0.0.1:9401):
+  curl -i ${g}/secure/reviews?productId=1         # 401 GW_UNAUTHENTICATED
+  TOKEN=$(npm run -s demo:token -- alice)         # or: npm run demo:token -- <sub> [scope]
+  curl -i -H "authorization: Bearer $TOKEN" ${g}/secure/reviews?productId=1   # 200, upstream gets x-user-id: alice
+  (30 requests a minute per user, then 429 GW_RATE_LIMITED)
 
 Rollout (review blue -> green in steps 10, 50, 100 every 5 s; keep traffic flowing meanwhile):
   while true; do curl -s -o /dev/null ${g}/api/reviews?productId=1; done &     # stop it with: kill %1

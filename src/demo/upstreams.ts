@@ -14,9 +14,10 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
+import { DEMO_JWKS, DEMO_JWKS_PORT } from './auth.js'
 
 export interface DemoOrigin {
-  service: 'product' | 'review' | 'inventory'
+  service: 'product' | 'review' | 'inventory' | 'issuer'
   name: string
   port: number
   version?: string
@@ -29,7 +30,8 @@ export const DEMO_ORIGINS: DemoOrigin[] = [
   { service: 'review', name: 'review-blue-secondary', port: 9202, version: 'blue' },
   { service: 'review', name: 'review-green-primary', port: 9203, version: 'green' },
   { service: 'inventory', name: 'inventory-primary', port: 9301 },
-  { service: 'inventory', name: 'inventory-secondary', port: 9302 }
+  { service: 'inventory', name: 'inventory-secondary', port: 9302 },
+  { service: 'issuer', name: 'demo-issuer', port: DEMO_JWKS_PORT } // the JWKS of src/demo/auth.ts
 ]
 
 const PRODUCTS = ['Trail shoe', 'Rain jacket', 'Headlamp', 'Water bottle', 'Tent', 'Sleeping bag', 'Stove', 'Compass', 'Map case', 'Backpack']
@@ -46,12 +48,13 @@ function answer (o: DemoOrigin, req: IncomingMessage, res: ServerResponse, body:
   const rid = req.headers['x-request-id']
   const extra: Record<string, string> = typeof rid === 'string' ? { 'x-request-id': rid } : {}
   const parts = url.pathname.split('/').filter(Boolean)
+  if (o.service === 'issuer' && url.pathname === '/.well-known/jwks.json') return send(res, 200, DEMO_JWKS)
   if (o.service === 'product' && parts[0] === 'products') {
     if (req.method === 'POST') return send(res, 201, { created: body === '' ? null : safeJson(body), servedBy }, extra)
     if (parts.length === 1) return send(res, 200, { products: PRODUCTS.map((name, i) => ({ id: i + 1, name })), servedBy }, extra)
     const id = Number(parts[1])
     if (!Number.isInteger(id) || id < 1 || id > PRODUCTS.length) return send(res, 404, { message: `no product ${parts[1]}` }, extra)
-    return send(res, 200, { id, name: PRODUCTS[id - 1], price: 10 + id * 7.5, servedBy }, extra)
+    return send(res, 200, { id, name: PRODUCTS[id - 1], price: 10 + id * 7.5, sku: `SKU-${String(id).padStart(4, '0')}`, servedBy }, extra)
   }
   if (o.service === 'review' && parts[0] === 'reviews') {
     const productId = url.searchParams.get('productId')
@@ -61,8 +64,9 @@ function answer (o: DemoOrigin, req: IncomingMessage, res: ServerResponse, body:
     return send(res, 200, { productId, reviews, version: o.version, servedBy }, extra)
   }
   if (o.service === 'inventory' && parts[0] === 'inventory' && parts.length === 2) {
-    const id = Number(parts[1])
-    return send(res, 200, { id, inStock: id % 3 !== 0, warehouse: 'eu-west', servedBy }, extra)
+    // By product id (`/inventory/3`) or by SKU (`/inventory/SKU-0003`).
+    const id = Number(parts[1]!.replace(/^SKU-0*/, ''))
+    return send(res, 200, { id, sku: `SKU-${String(id).padStart(4, '0')}`, inStock: id % 3 !== 0, warehouse: 'eu-west', servedBy }, extra)
   }
   send(res, 404, { message: 'not found', servedBy }, extra)
 }

@@ -21,7 +21,8 @@ import type { Dispatcher } from 'undici'
 import { GatewayError, classifyUpstreamError, errorCode } from '../errors.js'
 import type { Origin, OriginRole, OriginHealthEvent } from './origin.js'
 import { UpstreamBody } from './upstream-body.js'
-import type { CancelSignal } from './cancel.js'
+import { Cancellation, type CancelSignal } from './cancel.js'
+import type { AttemptKind, TraceScope } from '../tracing/types.js'
 
 export type FailoverKind = 'retry' | 'switch' | 'failback'
 
@@ -59,6 +60,10 @@ export interface UpstreamRequest {
   body: RequestBody | null
   /** The caller's deadline (aggregate routes); aborting it stops everything. */
   signal?: CancelSignal
+  /** Tracing: where this request's CLIENT spans hang; absent or null when not traced. */
+  trace?: TraceScope | null
+  /** Why the first attempt is made (`gateway.attempt`); default `first` (the second is always `retry`). */
+  attempt?: AttemptKind
 }
 
 export interface UpstreamResponse {
@@ -72,6 +77,18 @@ export interface UpstreamResponse {
 
 export type FailbackMode = 'auto' | 'manual'
 
+/** Per-call options of `send()`. */
+export interface SendOptions {
+  /**
+   * Hedging (SPEC §12): when the first attempt has not answered after this
+   * many ms and the other origin is healthy, the same request goes there
+   * too; the first good answer wins and the other attempt is cancelled.
+   * Only for a request that may be sent twice (a `retry.methods` method,
+   * no body).
+   */
+  hedgeAfterMs?: number
+}
+
 export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   readonly service: string
   readonly deployment: string
@@ -80,6 +97,8 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   readonly failbackMode: FailbackMode
   /** Set by src/metrics.ts (Metrics.bind): counts stateless retries. */
   onRetry: ((from: Origin, to: Origin, reason: string) => void) | null = null
+  /** Set by the metrics plugin: counts hedged attempts. */
+  onHedge: ((from: Origin, to: Origin) => void) | null = null
   #active: Origin
   #failbackRequested = false
 
@@ -144,12 +163,13 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
    * should see. The answer is returned as soon as its headers arrive: once
    * the caller starts streaming the body on, the request is never retried.
    */
-  async send (req: UpstreamRequest, policy: SendPolicy): Promise<UpstreamResponse> {
+  async send (req: UpstreamRequest, policy: SendPolicy, opts?: SendOptions): Promise<UpstreamResponse> {
     let first = this.#active
     let second = first === this.primary ? this.secondary : this.primary
     // An origin without an address (unresolved Lattice name) is skipped.
     if (first.dispatcher === null && second !== null && second.dispatcher !== null) [first, second] = [second, first]
     const replayable = policy.methods.has(req.method) && (req.body === null || req.body.replayable)
+    if (opts?.hedgeAfterMs !== undefined && second !== null && replayable && req.body === null) return this.#hedged(first, second, req, policy, opts.hedgeAfterMs)
     let reason: string
     try {
       const res = await attempt(first, req, policy, false)
@@ -168,6 +188,82 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
     }
     if (this.onRetry !== null) this.onRetry(first, second, reason)
     return attempt(second, req, policy, true)
+  }
+
+  /**
+   * `send()` with a hedge: the first attempt, then after `after` ms (if it
+   * has not answered and `second` is healthy) the same request on
+   * `second`. A failure of the first before that is retried on `second`
+   * at once, as `send()` would. The first good answer (one whose status is
+   * not in `retry.onStatus`) wins; the other attempt is aborted (its
+   * socket closed) or, if its answer came too, its body read and dropped.
+   * With no good answer the last answer is returned, else the last error.
+   */
+  #hedged (first: Origin, second: Origin, req: UpstreamRequest, policy: SendPolicy, after: number): Promise<UpstreamResponse> {
+    return new Promise<UpstreamResponse>((resolve, reject) => {
+      const caller = req.signal
+      const attempts: Cancellation[] = []
+      let running = 0
+      let settled = false
+      let fallback: UpstreamResponse | null = null
+      let timer: NodeJS.Timeout | null = null
+      const onCallerAbort = (): void => { for (const c of attempts) c.abort(caller?.reason) }
+      caller?.addEventListener('abort', onCallerAbort, { once: true })
+      const finish = (): void => {
+        settled = true
+        if (timer !== null) clearTimeout(timer)
+        timer = null
+        caller?.removeEventListener('abort', onCallerAbort)
+      }
+      const launch = (origin: Origin, retried: boolean, kind?: AttemptKind): void => {
+        const c = new Cancellation()
+        attempts.push(c)
+        running++
+        attempt(origin, { ...req, signal: c }, policy, retried, kind).then((res) => {
+          running--
+          if (settled) {
+            res.body.dump().catch(ignore)
+            return
+          }
+          if (policy.onStatus.has(res.statusCode) && (running > 0 || (attempts.length === 1 && !isAborted(caller)))) {
+            fallback?.body.dump().catch(ignore)
+            fallback = res
+            if (running === 0) retry(`status ${res.statusCode}`)
+            return
+          }
+          finish()
+          fallback?.body.dump().catch(ignore)
+          // The other attempt lost: stop it. A GatewayError is not the origin's fault (no breaker report).
+          for (const other of attempts) if (other !== c) other.abort(new GatewayError('GW_UPSTREAM_FAILED', 'another attempt answered first'))
+          resolve(res)
+        }, (err: unknown) => {
+          running--
+          if (settled) return
+          if (running > 0) return
+          if (attempts.length === 1 && !isAborted(caller) && !isOwnError(err)) {
+            retry(classifyUpstreamError(err) === 'connect' ? `could not connect (${errorCode(err) ?? 'error'})` : classifyUpstreamError(err))
+            return
+          }
+          finish()
+          if (fallback !== null) resolve(fallback)
+          else reject(err)
+        })
+      }
+      // The first attempt failed before the hedge was due: an ordinary retry.
+      const retry = (reason: string): void => {
+        if (timer !== null) clearTimeout(timer)
+        timer = null
+        if (this.onRetry !== null) this.onRetry(first, second, reason)
+        launch(second, true)
+      }
+      timer = setTimeout(() => {
+        timer = null
+        if (settled || attempts.length > 1 || !second.healthy || second.dispatcher === null) return
+        if (this.onHedge !== null) this.onHedge(first, second)
+        launch(second, true, 'hedge')
+      }, after)
+      launch(first, false)
+    })
   }
 
   #reevaluate (reason: string): void {
@@ -196,7 +292,7 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
 }
 
 /** One attempt on one origin, bounded by the service's `timeoutMs` of the origin's time, from connect to the answer's last byte. */
-async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean): Promise<UpstreamResponse> {
+async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean, kind: AttemptKind = retried ? 'retry' : req.attempt ?? 'first'): Promise<UpstreamResponse> {
   const dispatcher = origin.dispatcher
   if (dispatcher === null) {
     origin.report('connect_error')
@@ -212,6 +308,9 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
     throw new GatewayError('GW_OVERLOADED', `service ${origin.service} has too many requests waiting`, { headers: { 'retry-after': String(Math.max(1, Math.ceil(policy.timeoutMs / 1000))) } })
   }
   origin.inFlight++
+  // Tracing (SPEC §13): this attempt's CLIENT span, and its headers with the
+  // span's traceparent — set before dispatch, so a signing interceptor sees them.
+  const span = req.trace == null ? null : req.trace.attempt(origin, kind, req.method, req.headers)
   return new Promise<UpstreamResponse>((resolve, reject) => {
     const body = new UpstreamBody()
     let controller: Dispatcher.DispatchController | null = null
@@ -252,11 +351,13 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (finished) return
       finished = true
       origin.inFlight--
+      if (span !== null) span.end()
       disarm()
       caller?.removeEventListener('abort', onCallerAbort)
     }
     body.onFinish(done)
     const failed = (err: Error): void => {
+      if (span !== null) span.fail(err)
       done()
       // A request body that failed on its own (too large) is not the origin's fault.
       if (!isOwnError(err)) {
@@ -274,6 +375,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
         responded = true
         body.attach(c)
         origin.report(statusCode >= 500 ? 'error_status' : 'ok')
+        if (span !== null) span.response(statusCode)
         resolve({ statusCode, headers, body, origin, retried })
       },
       onResponseData (_c, chunk) { body.push(chunk) },
@@ -286,6 +388,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
           failed(err)
           return
         }
+        if (span !== null) span.fail(err)
         done()
         body.fail(err)
       }
@@ -294,7 +397,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       dispatcher.dispatch({
         method: req.method as Dispatcher.HttpMethod,
         path: req.path,
-        headers: req.headers,
+        headers: span === null ? req.headers : span.headers,
         body: payload
       }, handler)
     } catch (err) {
@@ -304,6 +407,10 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
 }
 
 const ignore = (): void => {}
+
+function isAborted (signal: CancelSignal | undefined): boolean {
+  return signal?.aborted === true
+}
 
 /** An error the gateway raised about the request itself (e.g. its body is too large), not about an origin. */
 function isOwnError (err: unknown): boolean {

@@ -13,6 +13,9 @@ import { HealthChecker } from './health-checker.js'
 import { OutlierDetector, type BreakerState, type BreakerTransition } from './outlier.js'
 import type { ServiceConfig } from '../config/schema.js'
 
+/** The largest upstream response header block accepted (README: 64 KiB). */
+export const MAX_UPSTREAM_HEADER_BYTES = 64 * 1024
+
 export type OriginRole = 'primary' | 'secondary'
 
 /** How one attempt ended; the `outcome` label of gateway_upstream_requests_total. */
@@ -41,7 +44,7 @@ export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker:
   readonly role: OriginRole
   readonly checker: HealthChecker
   readonly outlier: OutlierDetector
-  /** Set by the metrics plugin; null costs nothing on the hot path. */
+  /** Set by src/metrics.ts (Metrics.bind); null costs nothing on the hot path. */
   onOutcome: ((outcome: Outcome) => void) | null = null
   /** Bulkhead (hardening): attempts in progress, sent or waiting for a socket. */
   inFlight = 0
@@ -115,7 +118,9 @@ export class Origin extends EventEmitter<{ health: [OriginHealthEvent], breaker:
         connections: this.#config.maxConnections,
         connect: { timeout: Math.min(this.#config.timeoutMs, 10000) },
         headersTimeout: this.#config.timeoutMs,
-        bodyTimeout: this.#config.timeoutMs
+        bodyTimeout: this.#config.timeoutMs,
+        // An upstream's header block may be up to 64 KiB (undici's default: 16 KiB).
+        maxHeaderSize: MAX_UPSTREAM_HEADER_BYTES
       })
       // Probes get their own sockets: a busy traffic pool must not make a
       // healthy origin look dead.

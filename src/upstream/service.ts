@@ -30,7 +30,7 @@ import { EventEmitter } from 'node:events'
 import type { IncomingHttpHeaders } from 'node:http'
 import { GatewayError } from '../errors.js'
 import type { ServiceConfig } from '../config/schema.js'
-import type { OriginGroup, SendPolicy, UpstreamRequest, UpstreamResponse } from './origin-group.js'
+import type { OriginGroup, SendOptions, SendPolicy, UpstreamRequest, UpstreamResponse } from './origin-group.js'
 import type { ServiceWindow } from '../rollout/window.js'
 
 /** A change of a service's weights (emitted only when some weight changed). */
@@ -168,16 +168,16 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
   }
 
   /** Picks a deployment and sends through it with failover. */
-  send (req: UpstreamRequest, clientHeaders: IncomingHttpHeaders): Promise<UpstreamResponse> {
+  send (req: UpstreamRequest, clientHeaders: IncomingHttpHeaders, opts?: SendOptions): Promise<UpstreamResponse> {
     // A preview request goes where it asked; it is neither counted nor shielded.
     if (this.#preview !== null) {
       const g = this.#previewed(clientHeaders, this.#preview)
-      if (g !== null) return g.send(req, this.policy)
+      if (g !== null) return g.send(req, this.policy, opts)
     }
     const group = this.#byWeight(clientHeaders)
     const tap = this.#tap
-    if (tap === null) return group.send(req, this.policy)
-    return this.#observed(group, tap, req)
+    if (tap === null) return group.send(req, this.policy, opts)
+    return this.#observed(group, tap, req, opts)
   }
 
   // --- rollouts (SPEC §11) ---
@@ -195,25 +195,25 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
    * outcome in the window, and with `shield`, re-sends a failed idempotent
    * request on the candidate once to the baseline.
    */
-  async #observed (group: OriginGroup, tap: RolloutTap, req: UpstreamRequest): Promise<UpstreamResponse> {
+  async #observed (group: OriginGroup, tap: RolloutTap, req: UpstreamRequest, opts: SendOptions | undefined): Promise<UpstreamResponse> {
     const w = tap.window.deployments.get(group.deployment)
     const start = performance.now()
     let res: UpstreamResponse
     try {
-      res = await group.send(req, this.policy)
+      res = await group.send(req, this.policy, opts)
     } catch (err) {
       // The request's own failures (body too large, the gateway's bulkhead, a
       // caller's deadline) say nothing about the deployment.
       if (isOwnError(err) || req.signal?.aborted === true) throw err
       w?.record(performance.now() - start, true)
-      if (group === tap.candidate && tap.shield && this.#replayable(req)) return this.#shielded(tap, req)
+      if (group === tap.candidate && tap.shield && this.#replayable(req)) return this.#shielded(tap, req, opts)
       throw err
     }
     const failed = res.statusCode >= 500
     w?.record(performance.now() - start, failed)
     if (failed && group === tap.candidate && tap.shield && this.policy.onStatus.has(res.statusCode) && this.#replayable(req)) {
       res.body.dump().catch(ignore)
-      return this.#shielded(tap, req)
+      return this.#shielded(tap, req, opts)
     }
     return res
   }
@@ -222,9 +222,9 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
     return this.policy.methods.has(req.method) && (req.body === null || req.body.replayable) && req.signal?.aborted !== true
   }
 
-  #shielded (tap: RolloutTap, req: UpstreamRequest): Promise<UpstreamResponse> {
+  #shielded (tap: RolloutTap, req: UpstreamRequest, opts: SendOptions | undefined): Promise<UpstreamResponse> {
     if (this.onShield !== null) this.onShield()
-    return tap.baseline.send(req, this.policy)
+    return tap.baseline.send(req, this.policy, opts)
   }
 
   /** The deployment a preview header names, when the token (if configured) matches. */

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
+import { until } from './until.js'
 
 /** The repository root (the child runs from there). */
 export const root = fileURLToPath(new URL('../..', import.meta.url))
@@ -17,28 +18,17 @@ export const root = fileURLToPath(new URL('../..', import.meta.url))
 /** The test's environment without tap's process-info hook (NODE_OPTIONS): the child is observed from outside. */
 export const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
 
-/** Resolves when `check` returns a value other than undefined; rejects after `ms`. */
-export async function until<T> (what: string, check: () => T | undefined | Promise<T | undefined>, ms = 15000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const v = await check()
-    if (v !== undefined) return v
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
-}
-
 /** Resolves once `${admin}/healthz` answers 200 (connection errors are retried). */
 export async function untilHealthy (admin: string): Promise<void> {
-  await until('/healthz to answer 200', async () => {
+  await until(async () => {
     try {
       const res = await request(`${admin}/healthz`)
       await res.body.dump()
-      return res.statusCode === 200 ? true : undefined
+      return res.statusCode === 200
     } catch {
-      return undefined
+      return false
     }
-  })
+  }, { what: '/healthz to answer 200', timeoutMs: 60000 })
 }
 
 export interface GatewayChild {

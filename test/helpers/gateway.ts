@@ -26,7 +26,8 @@ export interface TestGateway {
 
 /** `raw` is a config as a user would write it; server/admin ports are forced to 0. */
 export async function startGateway (raw: Record<string, unknown>, opts: Omit<BuildOptions, 'logger'> & { start?: boolean } = {}): Promise<TestGateway> {
-  const server = { ...(raw.server as object | undefined), host: '127.0.0.1', port: 0 }
+  // Event-loop-delay shedding is off unless a test sets it: a loaded machine must not make a test's gateway shed.
+  const server = { maxEventLoopDelayMs: 0, ...(raw.server as object | undefined), host: '127.0.0.1', port: 0 }
   const admin = { ...(raw.admin as object | undefined), host: '127.0.0.1', port: 0 }
   const config = validateConfig({ ...raw, server, admin }, 'test config')
   const logs: Array<Record<string, unknown>> = []
@@ -77,11 +78,18 @@ export async function startGateway (raw: Record<string, unknown>, opts: Omit<Bui
   }
 }
 
-/** A service block with fast health checks, for tests; origins are URLs or `lattice:` references. */
+/**
+ * A service block with frequent health checks, for tests; origins are URLs
+ * or `lattice:` references. Probes get a 1 s timeout: on a busy machine a
+ * healthy upstream may take tens of milliseconds to answer, and a shorter
+ * timeout would make it flap. A test of fast detection of an upstream
+ * that stops answering sets its own `healthCheck.timeoutMs` in `extra`.
+ */
 export function fastService (origins: { primary: unknown, secondary?: unknown }, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
-    timeoutMs: 1000,
-    healthCheck: { intervalMs: 50, timeoutMs: 40, unhealthyThreshold: 2, healthyThreshold: 2 },
+    // Attempt timeout: room for a loaded machine; tests of timeouts set their own.
+    timeoutMs: 5000,
+    healthCheck: { intervalMs: 50, timeoutMs: 1000, unhealthyThreshold: 2, healthyThreshold: 2 },
     circuitBreaker: { volumeThreshold: 5, resetTimeoutMs: 60000 },
     origins,
     ...extra
