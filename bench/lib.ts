@@ -386,7 +386,7 @@ export interface UpstreamOptions {
   tail?: { every: number, ms: number }
 }
 
-export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean }
+export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean, failRate?: number }
 
 export interface Upstream extends Helper {
   /** Changes latency/status/health for the next requests (PUT /__bench). */

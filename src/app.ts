@@ -31,6 +31,9 @@ import type { Tracing } from './tracing/types.js'
 import type { ControlPlane } from './fleet/control.js'
 import type { FleetEvents } from './fleet/fleet.js'
 import { LocalControlPlane } from './fleet/local.js'
+import { RolloutManager } from './rollout/rollout.js'
+import rolloutRoutes from '../routes/rollouts.js'
+import { WorkerRolloutBackend, type WorkerLinks } from './rollout/workers.js'
 import { createRouteGuards } from './auth/route-guard.js'
 
 export interface Gateway {
@@ -43,6 +46,8 @@ export interface Gateway {
   tracing: Tracing | null
   /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
   control: ControlPlane
+  /** Rollouts of every service (SPEC §11). */
+  rollouts: RolloutManager
   /** Called once both listeners accept connections (flips `/healthz`). */
   markListening(): void
   /** Starts health checks (and Lattice resolution). */
@@ -61,6 +66,8 @@ export interface BuildOptions extends RegistryOptions {
   adminChange?: (change: AdminChange) => Promise<WorkersReport | undefined>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
+  /** Rollouts across the workers: the admin worker drives, the others follow (src/rollout/workers.ts). */
+  rolloutWorkers?: WorkerLinks
   /** The control plane of a cluster worker whose primary holds the fleet connection. */
   controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
@@ -92,6 +99,19 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     : await import('./fleet/fleet.js').then((m) => new m.FleetControlPlane(config.fleet!, m.registryTarget(registry, logger), logger))
   const control: ControlPlane = custom ?? fleet ?? new LocalControlPlane(registry, { broadcast: opts.adminChange })
   if (control.fleet !== undefined && control instanceof EventEmitter) metrics.bindFleet(control as EventEmitter<FleetEvents>)
+  // Rollouts (SPEC §11): weight changes through the control plane, one log line per transition.
+  metrics.bindRollouts(registry)
+  // With a fleet store (not in a cluster worker, whose primary holds the connection): one driver, state and counts in PostgreSQL.
+  const fleetPool = control.fleet?.pool ?? null
+  const rolloutBackend = config.fleet !== undefined && control.fleet !== undefined && fleetPool !== null
+    ? new (await import('./rollout/lease.js')).FleetRolloutBackend({ fleet: control.fleet, pool: fleetPool, registry, self: control.replicaId, url: config.fleet.url, heartbeatMs: config.fleet.heartbeatMs, logger })
+    : undefined
+  const backend = rolloutBackend ?? (opts.rolloutWorkers === undefined ? undefined : new WorkerRolloutBackend(registry, control.replicaId, opts.rolloutWorkers))
+  const rollouts = new RolloutManager({ registry, control, ...(backend === undefined ? {} : { backend }), onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
+  rollouts.on('rollout', (e) => {
+    const { message, ...fields } = e
+    logger[e.action === 'error' ? 'error' : 'warn']({ event: 'rollout', ...fields }, message)
+  })
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -141,6 +161,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await admin.register(requestLog, { metrics: null, redactQueryParams: config.server.redactQueryParams })
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText, unready: control.fleet === undefined ? undefined : () => control.fleet!.loaded ? [] : ['fleet'] })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
+  await admin.register(rolloutRoutes, { rollouts, token: config.admin.token })
 
   await app.ready()
   await admin.ready()
@@ -152,17 +173,21 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     logger,
     tracing,
     control,
+    rollouts,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
       guards.start()
       lattice?.start(registry.origins)
       control.start()
+      rolloutBackend?.start(rollouts)
     },
     async close () {
       phase = 'stopping'
       await app.close()
       await admin.close()
+      rollouts.close()
+      await rolloutBackend?.close()
       await tracing?.shutdown()
       await control.close()
       guards.close()

@@ -35,6 +35,8 @@ import type { GatewayConfig } from './config/schema.js'
 import type { BuildOptions, Gateway } from './app.js'
 import { createLogger } from './log.js'
 import type { AdminChange, WorkersReport } from './upstream/registry.js'
+import type { RolloutState } from './rollout/rollout.js'
+import type { Counts } from './rollout/window.js'
 import { WorkerFleetPlane, clusterTarget, serveControl, type ControlReply, type ControlRequest, type FleetStatus } from './fleet/cluster-fleet.js'
 import type { FleetControlPlane } from './fleet/fleet.js'
 
@@ -52,6 +54,10 @@ type Up =
   /** A failback request is fulfilled in this worker (at once, or once its primary turned healthy). */
   | { lgw: 'failback-done', service: string, deployment: string }
   | { lgw: 'metrics', id: number }
+  // Rollouts (SPEC §11): the admin worker drives, the others follow its state and lend their counts.
+  | { lgw: 'rollout', state: RolloutState }
+  | { lgw: 'counts', id: number, service: string, rollout: string }
+  | { lgw: 'counted', id: number, key: string, counts: Record<string, Counts> | null }
   | { lgw: 'control', id: number, req: ControlRequest }
 
 /** Primary -> worker. */
@@ -60,6 +66,9 @@ type Down =
   | { lgw: 'apply', id: number, change: AdminChange }
   | { lgw: 'done', id: number, workers: WorkersReport }
   | { lgw: 'metrics', id: number, text?: string, error?: string }
+  | { lgw: 'rollout', state: RolloutState }
+  | { lgw: 'counts', id: number, counts: Record<string, Record<string, Counts>> }
+  | { lgw: 'count', id: number, service: string, rollout: string }
   | { lgw: 'stop' }
   | { lgw: 'control', id: number, reply: ControlReply }
   | { lgw: 'fleet', status: FleetStatus }
@@ -102,7 +111,7 @@ export function workerRole (config: GatewayConfig): WorkerRole {
   // prom-client answers the primary's metrics requests from this registry list.
   void new client.AggregatorRegistry()
   let seq = 0
-  const waiting = new Map<number, (m: Down & { lgw: 'done' | 'metrics' | 'control' }) => void>()
+  const waiting = new Map<number, (m: Down & { lgw: 'done' | 'metrics' | 'counts' | 'control' }) => void>()
   let plane: WorkerFleetPlane | null = null
   let fleetStatus: FleetStatus | null = null
   let gw: Gateway | null = null
@@ -131,7 +140,7 @@ export function workerRole (config: GatewayConfig): WorkerRole {
   }
   let stopHandler: ((reason: string) => void) | null = null
 
-  const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' | 'control' }) => T): Promise<T> => {
+  const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' | 'counts' | 'control' }) => T): Promise<T> => {
     const n = ++seq
     return new Promise<T>((resolve) => {
       waiting.set(n, (reply) => { waiting.delete(n); resolve(then(reply)) })
@@ -154,8 +163,17 @@ export function workerRole (config: GatewayConfig): WorkerRole {
       }
       case 'done':
       case 'control':
-      case 'metrics': waiting.get(m.id)?.(m); break
+      case 'metrics':
+      case 'counts': waiting.get(m.id)?.(m); break
       case 'fleet': fleetStatus = m.status; plane?.status(m.status); break
+      case 'rollout': if (gw !== null) void gw.rollouts.sync([m.state]); break
+      case 'count': {
+        // This worker's window counts of a rollout, for the admin worker's analysis.
+        const tap = gw?.registry.get(m.service)?.rolloutTap ?? null
+        const counts = tap !== null && gw?.rollouts.state(m.service)?.id === m.rollout ? tap.window.counts() : null
+        send({ lgw: 'counted', id: m.id, key: `worker ${id}`, counts })
+        break
+      }
       // Not listening yet: nothing to drain.
       case 'stop': if (stopHandler === null) process.exit(0); else stopHandler('primary: stop'); break
     }
@@ -174,6 +192,12 @@ export function workerRole (config: GatewayConfig): WorkerRole {
         if (reply.lgw === 'metrics' && reply.text !== undefined) return reply.text
         throw new Error(`cluster metrics unavailable: ${reply.lgw === 'metrics' ? reply.error ?? 'no answer' : 'no answer'}`)
       }),
+      // Sent before the weight change it leads to, on the same channel: every worker has the state first.
+      rolloutWorkers: {
+        driving: process.env[ADMIN_ENV] === '1',
+        broadcast: async (state) => { send({ lgw: 'rollout', state }) },
+        counts: (service, rollout) => ask((n) => ({ lgw: 'counts', id: n, service, rollout }), (reply) => reply.lgw === 'counts' ? reply.counts : {})
+      },
       // Fleet: the primary holds the store; this worker's control plane asks it.
       ...(config.fleet === undefined
         ? {}
@@ -242,6 +266,8 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
   const synced = new Set<Worker>()
   const listened = new Set<Worker>()
   const pending = new Map<number, { left: Set<Worker>, finish: () => void, applied: number[], pending: number[] }>()
+  /** Rollout count requests: the workers still to answer and what they sent. */
+  const counting = new Map<number, { left: Set<Worker>, counts: Record<string, Record<string, Counts>>, finish: () => void }>()
   const restarts: number[] = []
   let adminWorker: Worker | null = null
   let seq = 0
@@ -294,6 +320,9 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
       }
       // A failback the worker still had pending stays: its replacement takes it when it syncs.
       for (const f of failbacks.values()) f.waiting.delete(w)
+      for (const [n, p] of counting) {
+        if (p.left.delete(w) && p.left.size === 0) { counting.delete(n); p.finish() }
+      }
     }
 
     const stopAll = (reason: string): void => {
@@ -375,6 +404,28 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
           else p.applied.push(w.id)
           p.left.delete(w)
           if (p.left.size === 0) { pending.delete(m.id); p.finish() }
+          break
+        }
+        case 'rollout':
+          for (const x of synced) if (x !== w && x.isConnected()) x.send({ lgw: 'rollout', state: m.state } satisfies Down)
+          break
+        case 'counts': {
+          // The admin worker's analysis: every other worker's window counts.
+          const reply = (counts: Record<string, Record<string, Counts>>): void => { if (w.isConnected()) w.send({ lgw: 'counts', id: m.id, counts } satisfies Down) }
+          const others = [...synced].filter((x) => x !== w && x.isConnected())
+          if (others.length === 0) { reply({}); break }
+          const n = ++seq
+          const p = { left: new Set(others), counts: {} as Record<string, Record<string, Counts>>, finish: () => { clearTimeout(timer); reply(p.counts) } }
+          const timer = setTimeout(() => { if (counting.delete(n)) reply(p.counts) }, APPLY_TIMEOUT_MS)
+          counting.set(n, p)
+          for (const x of others) x.send({ lgw: 'count', id: n, service: m.service, rollout: m.rollout } satisfies Down)
+          break
+        }
+        case 'counted': {
+          const p = counting.get(m.id)
+          if (p === undefined) break
+          if (m.counts !== null) p.counts[m.key] = m.counts
+          if (p.left.delete(w) && p.left.size === 0) { counting.delete(m.id); p.finish() }
           break
         }
         case 'control': {

@@ -26,6 +26,8 @@ export const ErrorCodes = {
   // --- fleet (SPEC §10) ---
   GW_VERSION_CONFLICT: 412,
   GW_FLEET_UNAVAILABLE: 503,
+  // --- rollouts (SPEC §11) ---
+  GW_NO_ROLLOUT: 404,
   // --- edge authentication (SPEC §14, §16) ---
   GW_UNAUTHENTICATED: 401,
   GW_RATE_LIMITED: 429,

@@ -127,6 +127,27 @@ export class Metrics {
     })
   }
 
+  // ---- rollouts (SPEC §11) ----
+  readonly #shielded = new HotCounterFamily({ name: 'gateway_rollout_shielded_total', help: 'Requests that failed on a rollout candidate and were re-sent to the baseline', labelNames: ['service'], registers: [this.registry] })
+  readonly rollouts = new client.Counter({ name: 'gateway_rollouts_total', help: 'Rollouts that ended, by result (promoted, rolled_back, aborted)', labelNames: ['service', 'result'], registers: [this.registry] })
+
+  /**
+   * Wires the shield counter of every service with more than one
+   * deployment; a service's sample appears with its first shielded request
+   * (SPEC §11 labels it by service alone).
+   */
+  bindRollouts (registry: Registry): void {
+    for (const service of registry.services.values()) {
+      if (service.groups.size < 2) continue
+      let shielded: HotCounter | null = null
+      service.onShield = () => {
+        if (shielded === null) shielded = this.#shielded.hot(service.name)
+        shielded.inc()
+      }
+    }
+  }
+  // ---- end rollouts ----
+
   // ---- fleet (SPEC §10; only with `fleet` in the config) ----
   /** Wires the fleet gauges to the control plane's events (a cluster worker gets them from its primary). */
   bindFleet (fleet: EventEmitter<FleetEvents>): void {

@@ -212,7 +212,7 @@ t.test('lattice-gateway migrate --config: creates the tables and exits 0; withou
   t.match(first.stdout, /tables created/)
   t.notMatch(first.stdout + first.stderr, /fleet-test-pw/, 'no password printed')
   const tables = await pg.query(`SELECT count(*)::int AS n FROM pg_tables WHERE tablename LIKE 'lattice_gateway_%'`, [], 'cli_migrate')
-  t.equal(tables.rows[0].n, 4, 'four tables')
+  t.equal(tables.rows[0].n, 5, 'five tables: the fleet\'s four and the rollouts\' (SPEC §11)')
   const [again, none, unreachable] = await Promise.all([run(file), run(noFleet), run(down)])
   t.equal(again.status, 0, 'again: nothing to do, exit 0')
   t.match(again.stdout, /already present/)

@@ -213,9 +213,25 @@ function compileService (name: string, raw: unknown, issues: ConfigIssue[]): Ser
   if (isMapping(svc.sticky) && (svc.sticky.header === undefined) === (svc.sticky.cookie === undefined)) {
     issues.push({ path: `${base}.sticky`, message: 'give exactly one of "header" or "cookie"' })
   }
+  // Rollouts (SPEC §11): the steps end with the candidate at 100.
+  if (isMapping(raw.rollout)) issues.push(...rolloutIssues(svc.rollout, `${base}.rollout`))
+  for (const k of ['rollout', 'preview'] as const) {
+    if (isMapping(raw[k]) && names.length < 2) issues.push({ path: `${base}.${k}`, message: 'needs at least two deployments (a baseline and a candidate)' })
+  }
   if (issues.length > before) return undefined
   const { origins: _o, ...rest } = svc
   return { ...rest, deployments, traffic } as ServiceConfig
+}
+
+/** Checks what the schema cannot say about a rollout's steps (also used for a start request's overrides). */
+export function rolloutIssues (r: { steps?: unknown } | undefined, path: string): ConfigIssue[] {
+  const steps = r?.steps
+  if (!Array.isArray(steps) || steps.length === 0 || !steps.every((w) => Number.isInteger(w))) return []
+  for (let i = 1; i < steps.length; i++) {
+    if ((steps[i] as number) <= (steps[i - 1] as number)) return [{ path: `${path}.steps[${i}]`, message: `steps must increase (got ${JSON.stringify(steps)})` }]
+  }
+  if (steps[steps.length - 1] !== 100) return [{ path: `${path}.steps`, message: `the last step must be 100, the candidate taking all traffic (got ${JSON.stringify(steps)})` }]
+  return []
 }
 
 function checkOrigin (raw: unknown, path: string, issues: ConfigIssue[]): OriginSpec | undefined {

@@ -96,6 +96,31 @@ export const DeploymentSchema = closed({
 const StatusCode = Type.Integer({ minimum: 100, maximum: 599 })
 const Method = Type.Union(HTTP_METHODS.map((m) => Type.Literal(m)))
 
+/** A service's rollout settings (SPEC §11); also the shape of a start request's overrides. */
+export const RolloutSchema = closed({
+  /** The candidate's weight at each step: increasing, 1-100, the last 100. */
+  steps: Type.Array(Type.Integer({ minimum: 1, maximum: 100 }), { default: [5, 25, 50, 100], minItems: 1 }),
+  stepIntervalMs: Ms(10, 60000),
+  analysis: closed({
+    minRequests: Type.Integer({ minimum: 1, default: 50 }),
+    maxErrorRate: Type.Number({ minimum: 0, maximum: 1, default: 0.01 }),
+    maxP99Ratio: Type.Number({ exclusiveMinimum: 0, default: 1.5 })
+  }, { default: {} }),
+  failureLimit: Type.Integer({ minimum: 1, default: 1 }),
+  shield: Type.Boolean({ default: true })
+})
+
+export type RolloutConfig = Static<typeof RolloutSchema>
+
+/** SPEC §11's rollout defaults, for a service whose config has no `rollout` block. */
+export const ROLLOUT_DEFAULTS: Readonly<RolloutConfig> = Object.freeze({
+  steps: [5, 25, 50, 100],
+  stepIntervalMs: 60000,
+  analysis: { minRequests: 50, maxErrorRate: 0.01, maxP99Ratio: 1.5 },
+  failureLimit: 1,
+  shield: true
+})
+
 export const ServiceSchema = closed({
   timeoutMs: Ms(1, 2000),
   retry: closed({
@@ -127,7 +152,16 @@ export const ServiceSchema = closed({
   sticky: Type.Optional(closed({
     header: Type.Optional(Type.String({ minLength: 1 })),
     cookie: Type.Optional(Type.String({ minLength: 1 }))
+  })),
+  // --- rollouts (SPEC §11) ---
+  /** Progressive delivery: the defaults a rollout starts with (its POST body may override them). */
+  rollout: Type.Optional(RolloutSchema),
+  /** Reach a named deployment whatever its weight. */
+  preview: Type.Optional(closed({
+    header: Type.String({ minLength: 1, default: 'x-preview-deployment' }),
+    token: Type.Optional(Type.String())
   }))
+  // --- end rollouts ---
 })
 
 // ---- edge authentication (SPEC §14) ----

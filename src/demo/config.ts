@@ -65,7 +65,10 @@ export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig
           green: { primary: 'http://127.0.0.1:9203' }
         },
         traffic: { blue: 100, green: 0 },
-        sticky: { header: 'x-user-id' }
+        sticky: { header: 'x-user-id' },
+        // Short steps so a rollout is quick to watch (SPEC §11 defaults are 60 s and 50 requests).
+        rollout: { steps: [10, 50, 100], stepIntervalMs: 5000, analysis: { minRequests: 20 } },
+        preview: { header: 'x-preview-deployment' }
       },
       inventory: { healthCheck, origins: { primary: 'http://127.0.0.1:9301', secondary: 'http://127.0.0.1:9302' } }
     },
@@ -117,6 +120,20 @@ JWT-protected route (tokens signed by the demo issuer, JWKS on 127.0.0.1:9401):
   TOKEN=$(npm run -s demo:token -- alice)         # or: npm run demo:token -- <sub> [scope]
   curl -i -H "authorization: Bearer $TOKEN" ${g}/secure/reviews?productId=1   # 200, upstream gets x-user-id: alice
   (30 requests a minute per user, then 429 GW_RATE_LIMITED)
+
+Rollout (review blue -> green in steps 10, 50, 100 every 5 s; keep traffic flowing meanwhile):
+  while true; do curl -s -o /dev/null ${g}/api/reviews?productId=1; done &     # stop it with: kill %1
+  curl -s -H 'x-preview-deployment: green' ${g}/api/reviews?productId=1   # preview green before it gets traffic
+  curl -s -X POST ${auth} -H 'content-type: application/json' -d '{"to":"green"}' ${a}/admin/services/review/rollouts
+  curl -s ${auth} ${a}/admin/services/review/rollout          # status, step, analyses; "promoted" after ~15 s
+  curl -s ${auth} ${a}/admin/services/review/history          # every step a versioned change, source "rollout"
+A bad release, rolled back (first put blue back; green then fails 30 %, GETs are shielded):
+  curl -s -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":100,"green":0}' ${a}/admin/services/review/traffic
+  curl -s -X POST 127.0.0.1:9203/__demo/fail?rate=0.3
+  curl -s -X POST ${auth} -H 'content-type: application/json' -d '{"to":"green"}' ${a}/admin/services/review/rollouts
+  curl -s ${auth} ${a}/admin/services/review/rollout          # "rolled_back", reason "error rate 0.3 > 0.01"
+  curl -s ${a}/metrics | grep gateway_rollout                  # shielded requests, rollouts by result
+  curl -s -X POST 127.0.0.1:9203/__demo/recover
 
 Ctrl-C stops the gateway and every demo upstream.
 `

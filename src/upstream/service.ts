@@ -17,12 +17,21 @@
  * move nobody. With three or more deployments a user only moves between
  * deployments whose ranges border in config order. Requests without the
  * key are spread by weight at random.
+ *
+ * Rollouts (SPEC §11) add two decisions here, both compiled or set once:
+ * a preview header naming a deployment (with its token, if configured)
+ * picks that deployment whatever its weight; and while a rollout is active
+ * (`setRolloutTap`, a null check otherwise) every by-weight request's
+ * outcome is recorded per deployment, and with `shield` an idempotent
+ * request that failed on the candidate is re-sent once to the baseline.
  */
+import { createHash, timingSafeEqual } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { IncomingHttpHeaders } from 'node:http'
 import { GatewayError } from '../errors.js'
 import type { ServiceConfig } from '../config/schema.js'
 import type { OriginGroup, SendOptions, SendPolicy, UpstreamRequest, UpstreamResponse } from './origin-group.js'
+import type { ServiceWindow } from '../rollout/window.js'
 
 /** A change of a service's weights (emitted only when some weight changed). */
 export interface TrafficEvent {
@@ -37,6 +46,31 @@ export interface TrafficEvent {
   by: string
   /** The version the control plane gave the change (src/fleet/), when it went through one. */
   version?: number
+}
+
+/** What the request path needs of an active rollout (set by src/rollout/rollout.ts). */
+export interface RolloutTap {
+  /** Outcomes per deployment, recorded after each deployment's own origin failover. */
+  window: ServiceWindow
+  baseline: OriginGroup
+  candidate: OriginGroup
+  /** Re-send a failed idempotent request on the candidate to the baseline. */
+  shield: boolean
+}
+
+interface Preview {
+  /** Lower-cased header name. */
+  header: string
+  /** SHA-256 of the configured token; undefined: no token needed; null: configured empty, never matches. */
+  token: Buffer | null | undefined
+}
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
+const ignore = (): void => {}
+
+/** An error the gateway raised about the request itself, not about an origin. */
+function isOwnError (err: unknown): boolean {
+  return err instanceof GatewayError && err.code !== 'GW_DEADLINE'
 }
 
 interface Table {
@@ -56,6 +90,14 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
   readonly #stickyHeader: string | null
   readonly #stickyCookie: string | null
   #table: Table
+  // --- rollouts (SPEC §11) ---
+  /** Client headers that never go upstream (the preview header and its token), or null. */
+  readonly previewHeaders: readonly string[] | null
+  /** Set by the metrics plugin: counts requests the shield re-sent to the baseline. */
+  onShield: (() => void) | null = null
+  readonly #preview: Preview | null
+  #tap: RolloutTap | null = null
+  // --- end rollouts ---
 
   constructor (name: string, config: ServiceConfig, groups: Map<string, OriginGroup>) {
     super()
@@ -66,6 +108,10 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
     this.#stickyHeader = config.sticky?.header?.toLowerCase() ?? null
     this.#stickyCookie = config.sticky?.cookie ?? null
     this.#table = this.#compile(config.traffic)
+    const p = config.preview
+    // token: undefined when not configured, null when configured empty (nothing opens then).
+    this.#preview = p === undefined ? null : { header: p.header.toLowerCase(), token: p.token === undefined ? undefined : p.token === '' ? null : digest(p.token) }
+    this.previewHeaders = p === undefined ? null : [p.header.toLowerCase(), 'x-preview-token']
   }
 
   get traffic (): Readonly<Record<string, number>> { return this.#table.weights }
@@ -97,8 +143,19 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
     return parseWeights(this.name, [...this.groups.keys()], input)
   }
 
-  /** The deployment for this request: by sticky key when present, else by weight. */
+  /**
+   * The deployment for this request: the one its preview header names
+   * (SPEC §11, when allowed), else by sticky key when present, else by weight.
+   */
   pick (headers: IncomingHttpHeaders): OriginGroup {
+    if (this.#preview !== null) {
+      const g = this.#previewed(headers, this.#preview)
+      if (g !== null) return g
+    }
+    return this.#byWeight(headers)
+  }
+
+  #byWeight (headers: IncomingHttpHeaders): OriginGroup {
     const t = this.#table
     if (t.groups.length === 1) return t.groups[0]!
     const key = this.#stickyKey(headers)
@@ -112,8 +169,78 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
 
   /** Picks a deployment and sends through it with failover. */
   send (req: UpstreamRequest, clientHeaders: IncomingHttpHeaders, opts?: SendOptions): Promise<UpstreamResponse> {
-    return this.pick(clientHeaders).send(req, this.policy, opts)
+    // A preview request goes where it asked; it is neither counted nor shielded.
+    if (this.#preview !== null) {
+      const g = this.#previewed(clientHeaders, this.#preview)
+      if (g !== null) return g.send(req, this.policy, opts)
+    }
+    const group = this.#byWeight(clientHeaders)
+    const tap = this.#tap
+    if (tap === null) return group.send(req, this.policy, opts)
+    return this.#observed(group, tap, req, opts)
   }
+
+  // --- rollouts (SPEC §11) ---
+
+  /** The active rollout's tap, or null. */
+  get rolloutTap (): RolloutTap | null { return this.#tap }
+
+  /** Set by the rollout manager when a rollout starts (or resumes on this replica), null when it ends. */
+  setRolloutTap (tap: RolloutTap | null): void {
+    this.#tap = tap
+  }
+
+  /**
+   * Sends through a deployment while a rollout is active: records the
+   * outcome in the window, and with `shield`, re-sends a failed idempotent
+   * request on the candidate once to the baseline.
+   */
+  async #observed (group: OriginGroup, tap: RolloutTap, req: UpstreamRequest, opts: SendOptions | undefined): Promise<UpstreamResponse> {
+    const w = tap.window.deployments.get(group.deployment)
+    const start = performance.now()
+    let res: UpstreamResponse
+    try {
+      res = await group.send(req, this.policy, opts)
+    } catch (err) {
+      // The request's own failures (body too large, the gateway's bulkhead, a
+      // caller's deadline) say nothing about the deployment.
+      if (isOwnError(err) || req.signal?.aborted === true) throw err
+      w?.record(performance.now() - start, true)
+      if (group === tap.candidate && tap.shield && this.#replayable(req)) return this.#shielded(tap, req, opts)
+      throw err
+    }
+    const failed = res.statusCode >= 500
+    w?.record(performance.now() - start, failed)
+    if (failed && group === tap.candidate && tap.shield && this.policy.onStatus.has(res.statusCode) && this.#replayable(req)) {
+      res.body.dump().catch(ignore)
+      return this.#shielded(tap, req, opts)
+    }
+    return res
+  }
+
+  #replayable (req: UpstreamRequest): boolean {
+    return this.policy.methods.has(req.method) && (req.body === null || req.body.replayable) && req.signal?.aborted !== true
+  }
+
+  #shielded (tap: RolloutTap, req: UpstreamRequest, opts: SendOptions | undefined): Promise<UpstreamResponse> {
+    if (this.onShield !== null) this.onShield()
+    return tap.baseline.send(req, this.policy, opts)
+  }
+
+  /** The deployment a preview header names, when the token (if configured) matches. */
+  #previewed (headers: IncomingHttpHeaders, p: Preview): OriginGroup | null {
+    const v = headers[p.header]
+    if (v === undefined) return null
+    const name = Array.isArray(v) ? v[0] : v
+    if (p.token !== undefined) {
+      const t = headers['x-preview-token']
+      const given = Array.isArray(t) ? t[0] : t
+      // An empty configured token (an unset variable) opens nothing.
+      if (given === undefined || p.token === null || !timingSafeEqual(digest(given), p.token)) return null
+    }
+    return name === undefined ? null : this.groups.get(name) ?? null
+  }
+  // --- end rollouts ---
 
   #stickyKey (headers: IncomingHttpHeaders): string | null {
     if (this.#stickyHeader !== null) {
