@@ -22,6 +22,7 @@ import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
+import uiRoutes from '../routes/ui.js'
 import type { AdminChange } from './cluster.js'
 
 export interface Gateway {
@@ -122,6 +123,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await admin.register(requestLog, { metrics: null })
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
   await admin.register(adminRoutes, { registry, token: config.admin.token, afterChange: opts.adminChange })
+  await admin.register(uiRoutes, {})
 
   await app.ready()
   await admin.ready()

@@ -1,0 +1,294 @@
+/**
+ * The operator console (SPEC §15) in a real browser: Debian's Chromium
+ * driven by playwright-core against a real gateway with real upstreams.
+ *
+ * Without a browser at /usr/bin/chromium (or $CHROMIUM_PATH) these tests are
+ * skipped with the reason and how to install one, unless
+ * LATTICE_GATEWAY_REQUIRE_BROWSER=1 (as `.ci/run` sets): then a missing
+ * browser is a failure.
+ *
+ * Every request the page makes is routed through the test: one for any
+ * host but 127.0.0.1 fails the test (and is aborted). Console errors and
+ * page errors fail it too, except the browser's own "Failed to load
+ * resource" line for an admin API answer the test provoked on purpose
+ * (the wrong token's 401, a rollout that does not exist yet).
+ */
+import t from 'tap'
+import { existsSync } from 'node:fs'
+import { request } from 'undici'
+import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import { startGateway, type TestGateway } from './helpers/gateway.js'
+import { colourUpstream, cutoverService, TOKEN, client } from './helpers/colours.js'
+import { startUpstream, type TestUpstream } from './helpers/upstream.js'
+
+// Browser globals, used only inside page.evaluate() callbacks (they run in Chromium).
+declare const document: any, window: any, sessionStorage: any, performance: any
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+const REQUIRED = process.env.LATTICE_GATEWAY_REQUIRE_BROWSER === '1'
+const HAVE_BROWSER = existsSync(CHROMIUM)
+const MISSING = `no Chromium at ${CHROMIUM}: install it with \`apt-get install -y chromium\` (or set CHROMIUM_PATH) to run the console's browser tests`
+
+/** Flags for a closed network: Chromium's own background connections stay off. */
+const ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--no-first-run', '--disable-quic', '--disable-default-apps', '--disable-extensions', '--mute-audio']
+
+t.teardown(() => client.close())
+
+interface Recorder {
+  foreign: string[]
+  consoleErrors: string[]
+  /** Browser "Failed to load resource" lines for statuses the test provoked (allowed). */
+  expectedFailures: string[]
+}
+
+async function admin (g: TestGateway, method: string, path: string, body?: unknown): Promise<{ status: number, body: any }> {
+  const res = await request(`${g.adminUrl}${path}`, {
+    method: method as 'GET',
+    headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    dispatcher: client
+  })
+  const text = await res.body.text()
+  return { status: res.statusCode, body: text === '' ? null : JSON.parse(text) }
+}
+
+/** A page whose every request is checked: 127.0.0.1 only, and console errors recorded. */
+async function openPage (context: BrowserContext, rec: Recorder): Promise<Page> {
+  const page = await context.newPage()
+  page.on('console', (msg) => {
+    if (msg.type() !== 'error') return
+    const text = msg.text()
+    const url = msg.location().url
+    // Chromium logs every non-2xx fetch as "Failed to load resource"; those
+    // the test asked for are expected, anything else is a real error.
+    if (/^Failed to load resource: the server responded with a status of (401|404|409)/.test(text) &&
+      /\/admin\/services(\/[^/]+\/rollout|\/review\/deployments\/blue\/failback)?$/.test(url)) {
+      rec.expectedFailures.push(`${text} ${url}`)
+      return
+    }
+    rec.consoleErrors.push(`${text} ${url}`)
+  })
+  page.on('pageerror', (err) => rec.consoleErrors.push(`page error: ${err.message}`))
+  return page
+}
+
+t.test('operator console in Chromium', { skip: !HAVE_BROWSER && !REQUIRED ? MISSING : false }, async (t) => {
+  if (!HAVE_BROWSER) {
+    t.fail(`LATTICE_GATEWAY_REQUIRE_BROWSER=1 and ${MISSING}`)
+    return
+  }
+  const ups: TestUpstream[] = []
+  const up = async (name: string): Promise<TestUpstream> => { const u = await colourUpstream(name); ups.push(u); return u }
+  const blue = await up('blue')
+  const blue2 = await up('blue-secondary')
+  const green = await up('green')
+  const product = await startUpstream('product'); ups.push(product)
+  const g = await startGateway({
+    admin: { token: TOKEN },
+    services: {
+      review: cutoverService({ blue: { primary: blue.url, secondary: blue2.url }, green: { primary: green.url } }, { traffic: { blue: 100, green: 0 }, failback: 'manual' }),
+      product: cutoverService({ default: { primary: product.url } })
+    },
+    routes: [{ type: 'proxy', prefix: '/reviews', service: 'review' }, { type: 'proxy', prefix: '/products', service: 'product' }]
+  })
+  const browser: Browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true })
+  t.teardown(async () => {
+    await browser.close()
+    await g.close()
+    for (const u of ups) await u.close()
+  })
+  const rec: Recorder = { foreign: [], consoleErrors: [], expectedFailures: [] }
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  // Every request of every page: loopback only.
+  await context.route('**/*', async (route) => {
+    const url = new URL(route.request().url())
+    if (url.hostname !== '127.0.0.1') {
+      rec.foreign.push(route.request().url())
+      await route.abort('blockedbyclient')
+      return
+    }
+    await route.continue()
+  })
+  const page = await openPage(context, rec)
+  // A little traffic so the charts have something to draw.
+  let load = true
+  const traffic = (async () => {
+    while (load) {
+      const r = await request(`${g.url}/reviews/1`, { dispatcher: client }).catch(() => null)
+      await r?.body.dump()
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+  })()
+  t.teardown(async () => { load = false; await traffic })
+
+  await t.test('first load: the sign-in form, page weight and time to first render measured', async (t) => {
+    const res = await page.goto(`${g.adminUrl}/ui/`)
+    t.equal(res?.status(), 200)
+    t.match(res?.headers()['content-security-policy'], /default-src 'self'/)
+    await page.getByLabel('Admin token').waitFor()
+    t.ok(await page.getByRole('button', { name: 'Sign in' }).isVisible(), 'Sign in is a button')
+    const perf = await page.evaluate(() => {
+      const nav = performance.getEntriesByType('navigation')[0]
+      const resources: any[] = performance.getEntriesByType('resource')
+      const rendered = performance.getEntriesByName('console-rendered')[0]
+      const fcp = performance.getEntriesByName('first-contentful-paint')[0]
+      return {
+        transferred: nav.transferSize + resources.reduce((n, r) => n + r.transferSize, 0),
+        decoded: nav.decodedBodySize + resources.reduce((n, r) => n + r.decodedBodySize, 0),
+        requests: 1 + resources.length,
+        renderedMs: rendered?.startTime ?? null,
+        fcpMs: fcp?.startTime ?? null
+      }
+    })
+    t.ok(perf.transferred > 0, 'bytes were transferred')
+    t.ok(perf.renderedMs !== null, 'the console marked its first render')
+    t.comment(`console first load: ${perf.requests} requests, ${perf.transferred} bytes transferred (${perf.decoded} decoded); first render at ${Math.round(perf.renderedMs ?? -1)} ms, first contentful paint at ${Math.round(perf.fcpMs ?? -1)} ms after navigation start (busy shared machine)`)
+  })
+
+  await t.test('a wrong token shows Invalid token; the right one opens a panel per service', async (t) => {
+    await page.getByLabel('Admin token').fill('not-the-token')
+    await page.getByRole('button', { name: 'Sign in' }).click()
+    await page.getByText('Invalid token').waitFor()
+    t.equal(await page.evaluate(() => sessionStorage.length), 0, 'a wrong token is not kept')
+
+    await page.getByLabel('Admin token').fill(TOKEN)
+    await page.getByLabel('Admin token').press('Enter')
+    await page.getByRole('heading', { level: 2, name: 'review' }).waitFor()
+    await page.getByRole('heading', { level: 2, name: 'product' }).waitFor()
+    t.same(await page.getByRole('heading', { level: 2 }).allTextContents(), ['review', 'product'], 'one h2 per service')
+    t.equal(await page.evaluate(() => sessionStorage.getItem('lattice-gateway.admin-token')), TOKEN, 'the token is in sessionStorage')
+    t.same(await context.cookies(), [], 'no cookie')
+    const review = page.locator('section[data-service="review"]')
+    await review.getByText('breaker closed').first().waitFor()
+    t.equal(await review.locator('td.weight[data-deployment="blue"]').textContent(), '100')
+    t.equal(await review.locator('td.weight[data-deployment="green"]').textContent(), '0')
+    t.ok(await review.getByText('active').first().isVisible(), 'the active origin is marked')
+    // The charts: one uPlot canvas each for requests/s and error rate.
+    await review.locator('.plot canvas').nth(1).waitFor()
+    t.equal(await review.locator('.plot canvas').count(), 2, 'two charts per service')
+  })
+
+  await t.test('a weight change through the UI is seen by the API', async (t) => {
+    const review = page.locator('section[data-service="review"]')
+    await page.getByLabel('review blue weight').fill('30')
+    await page.getByLabel('review green weight').fill('70')
+    await review.getByRole('button', { name: 'Apply traffic' }).click()
+    const dialog = page.getByRole('dialog')
+    await dialog.waitFor()
+    t.match(await dialog.textContent(), /review traffic to blue 30, green 70/, 'the confirmation names the change')
+    await dialog.getByRole('button', { name: 'Confirm' }).click()
+    await review.getByRole('status').getByText('traffic blue 30, green 70 applied').waitFor()
+    const services = await admin(g, 'GET', '/admin/services')
+    t.same(services.body.review.traffic, { blue: 30, green: 70 }, 'the API has the new weights')
+  })
+
+  await t.test('cancelling the confirmation changes nothing', async (t) => {
+    const review = page.locator('section[data-service="review"]')
+    await page.getByLabel('review blue weight').fill('1')
+    await review.getByRole('button', { name: 'Apply traffic' }).click()
+    await page.getByRole('dialog').getByRole('button', { name: 'Cancel' }).click()
+    await page.getByRole('dialog').waitFor({ state: 'hidden' })
+    t.same((await admin(g, 'GET', '/admin/services')).body.review.traffic, { blue: 30, green: 70 })
+    await review.getByRole('button', { name: 'Reset' }).click()
+  })
+
+  await t.test('a change through the API shows in the page within 2 s', async (t) => {
+    const put = await admin(g, 'PUT', '/admin/services/review/traffic', { blue: 80, green: 20 })
+    t.equal(put.status, 200)
+    const answered = Date.now()
+    await page.locator('section[data-service="review"] td.weight[data-deployment="green"]').filter({ hasText: /^20$/ }).waitFor({ timeout: 2000 })
+    t.comment(`API change visible in the page after ${Date.now() - answered} ms`)
+    t.equal(await page.getByLabel('review green weight').inputValue(), '20', 'an untouched weight field follows the server')
+    // The history lists the change (newest first).
+    await page.locator('section[data-service="review"] .history').getByText('blue 30, green 70 → blue 80, green 20').waitFor({ timeout: 2000 })
+    t.pass('the history shows the change')
+  })
+
+  await t.test('an invalid change (all weights 0) shows its error and changes nothing', async (t) => {
+    const review = page.locator('section[data-service="review"]')
+    await page.getByLabel('review blue weight').fill('0')
+    await page.getByLabel('review green weight').fill('0')
+    await review.getByRole('button', { name: 'Apply traffic' }).click()
+    const alert = review.getByRole('alert').filter({ hasText: 'Invalid change' })
+    await alert.waitFor()
+    t.match(await alert.textContent(), /every weight of review is 0/)
+    t.same((await admin(g, 'GET', '/admin/services')).body.review.traffic, { blue: 80, green: 20 }, 'nothing changed')
+    await review.getByRole('button', { name: 'Reset' }).click()
+  })
+
+  await t.test('Failback: an admin API error is shown in the page, then a failback succeeds', async (t) => {
+    const review = page.locator('section[data-service="review"]')
+    await blue.kill()
+    // blue switches to its secondary: the row offers Failback.
+    const failback = review.getByRole('button', { name: 'Failback' })
+    await failback.waitFor({ timeout: 15000 })
+    await failback.click()
+    t.match(await page.getByRole('dialog').textContent(), /Fail review blue back to its primary/)
+    await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click()
+    // The primary is still down: the API refuses with 409, and the page says so.
+    const refused = review.getByRole('alert').filter({ hasText: '409 GW_CONFLICT' })
+    await refused.waitFor()
+    t.match(await refused.textContent(), /not healthy; failback refused/)
+    await blue.revive()
+    // failback: manual keeps blue on its secondary until an operator acts.
+    await review.locator('li.active').filter({ hasText: 'secondary' }).waitFor()
+    let done = false
+    for (let i = 0; i < 50 && !done; i++) {
+      const primaryHealthy = (await admin(g, 'GET', '/admin/services')).body.review.deployments.blue.origins.primary.healthy as boolean
+      if (primaryHealthy) done = true
+      else await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    t.ok(done, 'the primary is healthy again')
+    await failback.click()
+    await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click()
+    await review.getByRole('status').getByText('review blue: back on its primary').waitFor()
+    await failback.waitFor({ state: 'detached' })
+    t.equal((await admin(g, 'GET', '/admin/services')).body.review.deployments.blue.active, 'primary', 'the API sees blue on its primary')
+  })
+
+  await t.test('keyboard only: tab to a weight field, type, apply, confirm with Enter', async (t) => {
+    const input = page.getByLabel('product default weight')
+    await input.focus()
+    await page.keyboard.press('Control+A')
+    await page.keyboard.type('5')
+    // Tab order reaches Apply traffic from the weight field.
+    let reached = false
+    for (let i = 0; i < 10 && !reached; i++) {
+      await page.keyboard.press('Tab')
+      reached = await page.evaluate(() => document.activeElement?.textContent === 'Apply traffic' &&
+        document.activeElement.closest('[data-service]')?.getAttribute('data-service') === 'product')
+    }
+    t.ok(reached, 'Tab reaches Apply traffic')
+    await page.keyboard.press('Enter')
+    await page.getByRole('dialog').waitFor()
+    await page.keyboard.press('Tab') // Cancel has the focus first; Tab moves to Confirm
+    await page.keyboard.press('Enter')
+    await page.locator('section[data-service="product"] td.weight').filter({ hasText: /^5$/ }).waitFor()
+    t.same((await admin(g, 'GET', '/admin/services')).body.product.traffic, { default: 5 })
+  })
+
+  await t.test('phone width: one column', async (t) => {
+    await page.setViewportSize({ width: 390, height: 844 })
+    const boxes = await page.locator('section.service').evaluateAll((els) => els.map((e) => { const r = e.getBoundingClientRect(); return { x: r.x, w: r.width } }))
+    t.ok(boxes.length >= 2)
+    t.ok(boxes.every((b) => b.x === boxes[0]!.x), 'panels are stacked in one column')
+    t.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1), 'no horizontal scrolling of the page')
+    await page.setViewportSize({ width: 1280, height: 800 })
+    const wide = await page.locator('section.service').evaluateAll((els) => els.map((e) => e.getBoundingClientRect().x))
+    t.ok(new Set(wide).size >= 2, 'panels side by side at 1280x800')
+  })
+
+  await t.test('sign out forgets the token', async (t) => {
+    await page.getByRole('button', { name: 'Sign out' }).click()
+    await page.getByLabel('Admin token').waitFor()
+    t.equal(await page.evaluate(() => sessionStorage.length), 0)
+  })
+
+  await t.test('no request left 127.0.0.1 and no console error', async (t) => {
+    t.same(rec.foreign, [], 'every request went to 127.0.0.1')
+    t.same(rec.consoleErrors, [], 'no console or page error')
+    for (const l of rec.expectedFailures) t.comment(`allowed: ${l}`)
+    t.ok(rec.expectedFailures.some((l) => l.includes('401')), 'the wrong token was answered 401 (the only failures allowed are provoked ones)')
+  })
+})
