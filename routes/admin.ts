@@ -8,22 +8,24 @@
 import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { GatewayError } from '../src/errors.js'
-import type { Registry } from '../src/upstream/registry.js'
+import type { Registry, ServiceSnapshot } from '../src/upstream/registry.js'
 import type { Service } from '../src/upstream/service.js'
-import type { AdminChange } from '../src/cluster.js'
+import { parseIfMatch, type ControlPlane } from '../src/fleet/control.js'
 
 export interface AdminRouteOptions {
   registry: Registry
   token: string
-  /** Cluster workers: awaited after a change applied here, so every worker has it before the answer. */
-  afterChange?: ((change: AdminChange) => Promise<void>) | undefined
+  /** Every state change goes through it (local, or the fleet's); with workers it reaches every worker before the answer. */
+  control: ControlPlane
 }
+
+/** A service's entry with its weights' version beside `traffic` (SPEC §10). */
+export type VersionedSnapshot = { traffic: ServiceSnapshot['traffic'], version: number } & Omit<ServiceSnapshot, 'traffic'>
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
 export default async function adminRoutes (fastify: FastifyInstance, opts: AdminRouteOptions): Promise<void> {
-  const { registry } = opts
-  const afterChange = opts.afterChange ?? null
+  const { registry, control } = opts
   const expected = opts.token === '' ? null : digest(opts.token)
 
   fastify.addHook('onRequest', async (request) => {
@@ -41,26 +43,45 @@ export default async function adminRoutes (fastify: FastifyInstance, opts: Admin
     return s
   }
 
-  fastify.get('/admin/services', { config: { label: '/admin/services' } }, async () => registry.snapshotAll())
+  const versioned = (name: string): VersionedSnapshot => {
+    const { traffic, ...rest } = registry.snapshot(name)!
+    return { traffic, version: control.version(name), ...rest }
+  }
 
-  fastify.get<{ Params: { name: string } }>('/admin/services/:name', { config: { label: '/admin/services/:name' } }, async (request) => {
-    return registry.snapshot(serviceOf(request).name)
+  fastify.get('/admin/services', { config: { label: '/admin/services' } }, async () => {
+    const out: Record<string, VersionedSnapshot> = {}
+    for (const name of registry.services.keys()) out[name] = versioned(name)
+    return out
   })
 
-  fastify.put<{ Params: { name: string }, Body: unknown }>('/admin/services/:name/traffic', { config: { label: '/admin/services/:name/traffic' } }, async (request) => {
+  fastify.get<{ Params: { name: string } }>('/admin/services/:name', { config: { label: '/admin/services/:name' } }, async (request, reply) => {
+    const name = serviceOf(request).name
+    const snap = versioned(name)
+    void reply.header('etag', `"${snap.version}"`)
+    return snap
+  })
+
+  fastify.put<{ Params: { name: string }, Body: unknown }>('/admin/services/:name/traffic', { config: { label: '/admin/services/:name/traffic' } }, async (request, reply) => {
     const service = serviceOf(request)
-    const weights = service.setTraffic(request.body, request.ip)
-    if (afterChange !== null) await afterChange({ kind: 'traffic', service: service.name, weights: { ...weights }, by: request.ip })
-    return registry.snapshot(service.name)
+    const ifMatch = parseIfMatch(request.headers['if-match'])
+    const body = request.body
+    // parseTraffic answers a malformed body with the same 400 as before, ahead of any control-plane work.
+    service.parseTraffic(body)
+    const result = await control.changeTraffic({ service: service.name, weights: body as Record<string, number>, source: 'admin', by: request.ip, ...(ifMatch === undefined ? {} : { ifMatch }) })
+    const snap = versioned(service.name)
+    void reply.header('etag', `"${result.version}"`)
+    return result.fleet === undefined ? snap : { ...snap, version: result.version, fleet: result.fleet }
+  })
+
+  fastify.get<{ Params: { name: string } }>('/admin/services/:name/history', { config: { label: '/admin/services/:name/history' } }, async (request) => {
+    return control.history(serviceOf(request).name)
   })
 
   fastify.post<{ Params: { name: string, dep: string } }>('/admin/services/:name/deployments/:dep/failback', { config: { label: '/admin/services/:name/deployments/:dep/failback' } }, async (request) => {
     const service = serviceOf(request)
-    const group = service.groups.get(request.params.dep)
-    if (group === undefined) throw new GatewayError('GW_NOT_FOUND', `service ${service.name} has no deployment "${request.params.dep}"`)
-    const moved = group.failback()
-    // Every worker holds its own active origin: the other workers fail back even when this one was already there.
-    if (afterChange !== null) await afterChange({ kind: 'failback', service: service.name, deployment: group.deployment })
-    return { failedBack: moved, service: registry.snapshot(service.name) }
+    if (!service.groups.has(request.params.dep)) throw new GatewayError('GW_NOT_FOUND', `service ${service.name} has no deployment "${request.params.dep}"`)
+    const result = await control.failback(service.name, request.params.dep, request.ip)
+    const answer = { failedBack: result.failedBack, service: versioned(service.name) }
+    return result.fleet === undefined ? answer : { ...answer, fleet: result.fleet }
   })
 }

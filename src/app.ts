@@ -24,6 +24,8 @@ import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 import uiRoutes from '../routes/ui.js'
 import type { AdminChange } from './cluster.js'
+import type { ControlPlane } from './fleet/control.js'
+import { LocalControlPlane } from './fleet/local.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -31,6 +33,8 @@ export interface Gateway {
   registry: Registry
   metrics: Metrics
   logger: Logger
+  /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
+  control: ControlPlane
   /** Called once both listeners accept connections (flips `/healthz`). */
   markListening(): void
   /** Starts health checks (and Lattice resolution). */
@@ -85,6 +89,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
+  const control: ControlPlane = new LocalControlPlane(registry, { broadcast: opts.adminChange })
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -121,9 +126,9 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
-  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
-  await admin.register(adminRoutes, { registry, token: config.admin.token, afterChange: opts.adminChange })
   await admin.register(uiRoutes, {})
+  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
+  await admin.register(adminRoutes, { registry, token: config.admin.token, control })
 
   await app.ready()
   await admin.ready()
@@ -133,15 +138,18 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     registry,
     metrics,
     logger,
+    control,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
       lattice?.start(registry.origins)
+      control.start()
     },
     async close () {
       phase = 'stopping'
       await app.close()
       await admin.close()
+      await control.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()
@@ -154,7 +162,7 @@ function logTransitions (registry: Registry, logger: Logger): void {
   registry.on('health', (e) => logger.warn({ event: 'origin_health', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, healthy: e.healthy, from: e.healthy ? 'unhealthy' : 'healthy', to: e.healthy ? 'healthy' : 'unhealthy', reason: e.reason }, `origin ${e.origin.label} is ${e.healthy ? 'healthy' : 'unhealthy'}`))
   registry.on('breaker', (e) => logger.warn({ event: 'breaker', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, state: e.state, from: e.from, to: e.state, reason: e.reason }, `breaker of ${e.origin.label}: ${e.from} -> ${e.state}`))
   registry.on('failover', (e) => logger.warn({ event: 'failover', service: e.service, deployment: e.deployment, kind: e.kind, from: e.from, to: e.to, reason: e.reason }, `${e.service}/${e.deployment}: ${e.kind} ${e.from} -> ${e.to}`))
-  registry.on('traffic', (e) => logger.warn({ event: 'traffic', service: e.service, from: e.from, to: e.to, changed: e.changed, by: e.by }, `${e.service}: traffic ${weights(e.from)} -> ${weights(e.to)} by ${e.by}`))
+  registry.on('traffic', (e) => logger.warn({ event: 'traffic', service: e.service, from: e.from, to: e.to, changed: e.changed, by: e.by, version: e.version }, `${e.service}: traffic ${weights(e.from)} -> ${weights(e.to)} by ${e.by}${e.version === undefined ? '' : ` (version ${e.version})`}`))
 }
 
 /** `blue=0 green=100`, for log messages. */

@@ -28,7 +28,7 @@ import { createLogger, type BuildOptions, type Gateway } from './app.js'
 
 /** A state change made through the admin API, to apply in every worker. */
 export type AdminChange =
-  | { kind: 'traffic', service: string, weights: Record<string, number>, by: string }
+  | { kind: 'traffic', service: string, weights: Record<string, number>, by: string, version?: number }
   | { kind: 'failback', service: string, deployment: string }
 
 type Weights = Record<string, Record<string, number>>
@@ -43,7 +43,7 @@ type Up =
 
 /** Primary -> worker. */
 type Down =
-  | { lgw: 'state', traffic: Weights }
+  | { lgw: 'state', traffic: Weights, versions?: Record<string, number> }
   | { lgw: 'apply', id: number, change: AdminChange }
   | { lgw: 'done', id: number }
   | { lgw: 'metrics', id: number, text?: string, error?: string }
@@ -89,7 +89,7 @@ export function workerRole (config: GatewayConfig): WorkerRole {
   let seq = 0
   const waiting = new Map<number, (m: Down & { lgw: 'done' | 'metrics' }) => void>()
   let gw: Gateway | null = null
-  let gotState: ((w: Weights) => void) | null = null
+  let gotState: ((w: Weights, versions: Record<string, number>) => void) | null = null
   let stopHandler: ((reason: string) => void) | null = null
 
   const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' }) => T): Promise<T> => {
@@ -103,7 +103,7 @@ export function workerRole (config: GatewayConfig): WorkerRole {
   process.on('message', (m: unknown) => {
     if (!isMessage<Down>(m)) return
     switch (m.lgw) {
-      case 'state': gotState?.(m.traffic); break
+      case 'state': gotState?.(m.traffic, m.versions ?? {}); break
       case 'apply':
         if (gw !== null) apply(gw, m.change, logger)
         send({ lgw: 'applied', id: m.id })
@@ -127,12 +127,13 @@ export function workerRole (config: GatewayConfig): WorkerRole {
     },
     async prepare (g) {
       client.AggregatorRegistry.setRegistries([g.metrics.registry])
-      const state = new Promise<Weights>((resolve) => { gotState = resolve })
+      const state = new Promise<[Weights, Record<string, number>]>((resolve) => { gotState = (w, v) => resolve([w, v]) })
       gw = g
       send({ lgw: 'sync' })
-      const traffic = await state
+      const [traffic, versions] = await state
       for (const [service, weights] of Object.entries(traffic)) {
-        apply(g, { kind: 'traffic', service, weights, by: 'cluster sync' }, logger)
+        const version = versions[service]
+        apply(g, version === undefined ? { kind: 'traffic', service, weights, by: 'cluster sync' } : { kind: 'traffic', service, weights, by: 'cluster sync', version }, logger)
       }
     },
     listening () { send({ lgw: 'listening' }) },
@@ -146,7 +147,9 @@ function apply (gw: Gateway, change: AdminChange, logger: Logger): void {
     const service = gw.registry.get(change.service)
     if (service === undefined) return
     if (change.kind === 'traffic') {
-      service.setTraffic(change.weights, change.by)
+      // With a version (src/fleet/): the worker's control plane takes it too.
+      if (change.version !== undefined && gw.control.adopt !== undefined) gw.control.adopt(change.service, change.weights, change.version, change.by)
+      else service.setTraffic(change.weights, change.by)
     } else {
       service.groups.get(change.deployment)?.failback()
     }
@@ -161,6 +164,7 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
   const log = createLogger(config.server.logLevel).child({ role: 'primary', pid: process.pid })
   const aggregator = new client.AggregatorRegistry()
   const traffic: Weights = {}
+  const versions: Record<string, number> = {}
   /** Workers that built their gateway and take changes. */
   const synced = new Set<Worker>()
   const listened = new Set<Worker>()
@@ -202,14 +206,17 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
       switch (m.lgw) {
         case 'sync':
           synced.add(w)
-          w.send({ lgw: 'state', traffic } satisfies Down)
+          w.send({ lgw: 'state', traffic, versions } satisfies Down)
           break
         case 'listening':
           listened.add(w)
           log.info({ worker: w.id, workerPid: w.process.pid, admin: w === adminWorker }, `worker ${w.id} listening`)
           break
         case 'change': {
-          if (m.change.kind === 'traffic') traffic[m.change.service] = m.change.weights
+          if (m.change.kind === 'traffic') {
+            traffic[m.change.service] = m.change.weights
+            if (m.change.version !== undefined) versions[m.change.service] = m.change.version
+          }
           const reply = (): void => { if (w.isConnected()) w.send({ lgw: 'done', id: m.id } satisfies Down) }
           const others = [...synced].filter((x) => x !== w && x.isConnected())
           if (others.length === 0) { reply(); break }

@@ -20,7 +20,10 @@ export const ErrorCodes = {
   GW_INTERNAL: 500,
   GW_UPSTREAM_FAILED: 502,
   GW_OVERLOADED: 503,
-  GW_DEADLINE: 504
+  GW_DEADLINE: 504,
+  // --- fleet (SPEC §10) ---
+  GW_VERSION_CONFLICT: 412,
+  GW_FLEET_UNAVAILABLE: 503
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

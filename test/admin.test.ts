@@ -118,6 +118,7 @@ t.test('GET /admin/services has the SPEC shape', async (t) => {
   t.strictSame(r.body, {
     product: {
       traffic: { default: 100 },
+      version: 1,
       deployments: {
         default: {
           active: 'primary',
@@ -130,6 +131,7 @@ t.test('GET /admin/services has the SPEC shape', async (t) => {
     },
     review: {
       traffic: { blue: 100, green: 0 },
+      version: 1,
       deployments: {
         blue: { active: 'primary', origins: { primary: { url: blue.url, healthy: true, breaker: 'closed' } } },
         green: { active: 'primary', origins: { primary: { url: green.url, healthy: true, breaker: 'closed' } } }
@@ -172,6 +174,7 @@ t.test('PUT /admin/services/:name/traffic validates and applies the weights', as
   t.equal(ok.status, 200)
   t.strictSame(ok.body, {
     traffic: { blue: 0, green: 100 },
+    version: 2,
     deployments: {
       blue: { active: 'primary', origins: { primary: { url: blue.url, healthy: true, breaker: 'closed' } } },
       green: { active: 'primary', origins: { primary: { url: green.url, healthy: true, breaker: 'closed' } } }

@@ -113,6 +113,10 @@ routes:
 
   t.same(await setTraffic({ blue: 100 }), { blue: 100, green: 0 }, 'rolled back')
   t.same(await names(gateway, 40), Array(40).fill('blue'), 'after the rollback every worker sends to blue')
+  const versioned = await request(`${admin}/admin/services/app`, { headers: { authorization: `Bearer ${TOKEN}` } })
+  t.equal(((await versioned.body.json()) as { version: number }).version, 3, 'two changes: version 3 (one counter for the whole cluster)')
+  const history = await request(`${admin}/admin/services/app/history`, { headers: { authorization: `Bearer ${TOKEN}` } })
+  t.same(((await history.body.json()) as Array<{ version: number }>).map((e) => e.version), [3, 2], 'both changes in the history, newest first')
 
   // /metrics: the live workers' requests, summed (the killed worker's counts went with it).
   const live = [...workerPids()].filter(([, pid]) => pid !== victimPid).map(([, pid]) => pid)

@@ -17,6 +17,7 @@
  * The request path never calls this: it reads the plain in-memory tables
  * of `Service`, which a `ControlPlane` replaces atomically.
  */
+import { GatewayError } from '../errors.js'
 
 /** Who made a change: an operator through the admin API, or a rollout's driver. */
 export type ChangeSource = 'admin' | 'rollout'
@@ -86,7 +87,29 @@ export interface ControlPlane {
    * GW_CONFLICT while a rollout runs or is paused). One guard; null clears it.
    */
   setGuard(guard: ((change: TrafficChange) => void) | null): void
+  /**
+   * Cluster workers (`server.workers > 1`): takes weights another worker of
+   * this replica already committed, with their version, without a new
+   * change (no history entry, no guard).
+   */
+  adopt?(service: string, weights: Readonly<Record<string, number>>, version: number, by: string): void
   /** Starts syncing (fleet: connects, loads, heartbeats); resolves at once. */
   start(): void
   close(): Promise<void>
+}
+
+/** How many changes `history()` keeps per service. */
+export const HISTORY_LIMIT = 100
+
+/**
+ * Parses an `If-Match` header value: `N` or `"N"` (N a non-negative
+ * integer) gives N, an absent header undefined; anything else throws
+ * GW_BAD_REQUEST.
+ */
+export function parseIfMatch (header: string | string[] | undefined): number | undefined {
+  if (header === undefined) return undefined
+  const raw = Array.isArray(header) ? (header.length === 1 ? header[0]! : '') : header
+  const m = /^\s*("?)(\d{1,15})\1\s*$/.exec(raw)
+  if (m === null) throw new GatewayError('GW_BAD_REQUEST', `If-Match must be a version number, N or "N" (got ${JSON.stringify(raw.slice(0, 40))})`)
+  return Number(m[2])
 }

@@ -35,6 +35,8 @@ export interface TrafficEvent {
   changed: string[]
   /** Who asked for it (the admin client's address). */
   by: string
+  /** The version the control plane gave the change (src/fleet/), when it went through one. */
+  version?: number
 }
 
 interface Table {
@@ -77,7 +79,21 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
    * negative or non-integer weight, or all weights 0. Emits `traffic` only
    * when some weight actually changed.
    */
-  setTraffic (input: unknown, by: string): Readonly<Record<string, number>> {
+  setTraffic (input: unknown, by: string, version?: number): Readonly<Record<string, number>> {
+    const next = this.parseTraffic(input)
+    const from = this.#table.weights
+    const changed = [...this.groups.keys()].filter((dep) => (from[dep] ?? 0) !== next[dep])
+    if (changed.length === 0) return from
+    this.#table = this.#compile(next)
+    this.emit('traffic', version === undefined ? { service: this.name, from, to: this.#table.weights, changed, by } : { service: this.name, from, to: this.#table.weights, changed, by, version })
+    return this.#table.weights
+  }
+
+  /**
+   * Checks a weighting with the rules of `setTraffic` without applying it:
+   * every deployment's weight (those left out 0), or GW_BAD_REQUEST.
+   */
+  parseTraffic (input: unknown): Record<string, number> {
     if (typeof input !== 'object' || input === null || Array.isArray(input)) {
       throw new GatewayError('GW_BAD_REQUEST', `body must be a JSON object of deployment: weight, e.g. ${this.#example()}`)
     }
@@ -93,12 +109,7 @@ export class Service extends EventEmitter<{ traffic: [TrafficEvent] }> {
       problems.push(`all weights would be 0; at least one deployment needs traffic (deployments left out get 0), e.g. ${this.#example()}`)
     }
     if (problems.length > 0) throw new GatewayError('GW_BAD_REQUEST', problems.join('; '))
-    const from = this.#table.weights
-    const changed = [...this.groups.keys()].filter((dep) => (from[dep] ?? 0) !== next[dep])
-    if (changed.length === 0) return from
-    this.#table = this.#compile(next)
-    this.emit('traffic', { service: this.name, from, to: this.#table.weights, changed, by })
-    return this.#table.weights
+    return next
   }
 
   /** The deployment for this request: by sticky key when present, else by weight. */
