@@ -598,7 +598,8 @@ function ServicePanel ({ name, svc, history, rollout, ring, tick, token, ask, re
       await refresh()
       return true
     } catch (err) {
-      setOutcome({ error: err instanceof ApiError ? err.describe() : String(err) })
+      const hint = err instanceof ApiError && err.status === 412 ? ` — ${name} was changed elsewhere since this page loaded it: check the current weights and apply again` : ''
+      setOutcome({ error: `${err instanceof ApiError ? err.describe() : String(err)}${hint}` })
       await refresh()
       return false
     }
