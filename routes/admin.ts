@@ -24,18 +24,22 @@ export type VersionedSnapshot = { traffic: ServiceSnapshot['traffic'], version: 
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
-export default async function adminRoutes (fastify: FastifyInstance, opts: AdminRouteOptions): Promise<void> {
-  const { registry, control } = opts
-  const expected = opts.token === '' ? null : digest(opts.token)
-
-  fastify.addHook('onRequest', async (request) => {
+/** The bearer-token check of every `/admin` call, as an onRequest hook (other admin route files use it too). */
+export function adminAuth (token: string): (request: FastifyRequest) => Promise<void> {
+  const expected = token === '' ? null : digest(token)
+  return async (request) => {
     if (expected === null) throw new GatewayError('GW_FORBIDDEN', 'the admin API is disabled: set admin.token to enable it')
     const auth = request.headers.authorization
     const given = auth !== undefined && auth.length > 7 && auth.slice(0, 7).toLowerCase() === 'bearer ' ? auth.slice(7).trim() : null
     if (given === null || !timingSafeEqual(digest(given), expected)) {
       throw new GatewayError('GW_UNAUTHORIZED', 'missing or wrong bearer token', { headers: { 'www-authenticate': 'Bearer realm="lattice-gateway-admin"' } })
     }
-  })
+  }
+}
+
+export default async function adminRoutes (fastify: FastifyInstance, opts: AdminRouteOptions): Promise<void> {
+  const { registry, control } = opts
+  fastify.addHook('onRequest', adminAuth(opts.token))
 
   function serviceOf (request: FastifyRequest<{ Params: { name: string } }>): Service {
     const s = registry.get(request.params.name)
@@ -71,6 +75,11 @@ export default async function adminRoutes (fastify: FastifyInstance, opts: Admin
     const snap = versioned(service.name)
     void reply.header('etag', `"${result.version}"`)
     return result.fleet === undefined ? snap : { ...snap, version: result.version, fleet: result.fleet }
+  })
+
+  fastify.get('/admin/fleet', { config: { label: '/admin/fleet' } }, async () => {
+    if (control.fleet === undefined) throw new GatewayError('GW_NOT_FOUND', 'no fleet is configured: this gateway keeps its own state (see fleet in the config)')
+    return control.fleet.view()
   })
 
   fastify.get<{ Params: { name: string } }>('/admin/services/:name/history', { config: { label: '/admin/services/:name/history' } }, async (request) => {

@@ -16,6 +16,8 @@ export interface HealthRouteOptions {
   phase: () => ListenerPhase
   /** Cluster workers: the text of every worker's metrics (src/cluster.ts). */
   metricsText?: (() => Promise<string>) | undefined
+  /** More parts that are not ready (the fleet state not loaded yet: `fleet`). */
+  unready?: (() => string[]) | undefined
 }
 
 export default async function healthRoutes (fastify: FastifyInstance, opts: HealthRouteOptions): Promise<void> {
@@ -27,7 +29,7 @@ export default async function healthRoutes (fastify: FastifyInstance, opts: Heal
     return { status: 'ok' }
   })
   fastify.get('/readyz', { config: { label: '/readyz' } }, async (_request, reply) => {
-    const failing = registry.unready()
+    const failing = opts.unready === undefined ? registry.unready() : [...registry.unready(), ...opts.unready()]
     if (failing.length > 0) return reply.code(503).send({ status: 'unready', failing })
     return { status: 'ready' }
   })

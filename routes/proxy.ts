@@ -40,6 +40,8 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
     const rest = request.url.slice(prefix.length)
     const path = rest === '' ? (rewrite === '' ? '/' : rewrite) : rest.charCodeAt(0) === 63 /* ? */ ? `${rewrite === '' ? '/' : rewrite}${rest}` : rewrite + rest
     const headers = endToEnd(request.headers)
+    // Preview routing (SPEC §11): the header and its token stay at the gateway.
+    if (service.previewHeaders !== null) for (const h of service.previewHeaders) delete headers[h]
     headers['x-request-id'] = request.id
     const xff = request.headers['x-forwarded-for']
     headers['x-forwarded-for'] = xff === undefined ? request.ip : `${Array.isArray(xff) ? xff.join(', ') : xff}, ${request.ip}`

@@ -26,6 +26,8 @@ import uiRoutes from '../routes/ui.js'
 import type { AdminChange } from './cluster.js'
 import type { ControlPlane } from './fleet/control.js'
 import { LocalControlPlane } from './fleet/local.js'
+import { RolloutManager } from './rollout/rollout.js'
+import rolloutRoutes from '../routes/rollouts.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -35,6 +37,8 @@ export interface Gateway {
   logger: Logger
   /** The one door for weight changes, failbacks and their history (src/fleet/control.ts). */
   control: ControlPlane
+  /** Rollouts of every service (SPEC §11). */
+  rollouts: RolloutManager
   /** Called once both listeners accept connections (flips `/healthz`). */
   markListening(): void
   /** Starts health checks (and Lattice resolution). */
@@ -53,6 +57,8 @@ export interface BuildOptions extends RegistryOptions {
   adminChange?: (change: AdminChange) => Promise<void>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
+  /** The control plane of a cluster worker whose primary holds the fleet connection. */
+  controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
 }
 
@@ -62,7 +68,9 @@ export const REDACT = [
   'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie',
   'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken',
   // Hardening: raw bytes carried by parser errors (an upstream's answer, a client's request).
-  'err.data', 'err.rawPacket'
+  'err.data', 'err.rawPacket',
+  // Fleet: the store URL may carry a password.
+  'fleet.url', 'config.fleet.url'
 ]
 
 export function createLogger (level: string, minLength = 8192): Logger {
@@ -89,7 +97,19 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const metrics = new Metrics()
   metrics.bind(registry)
   logTransitions(registry, logger)
-  const control: ControlPlane = new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  // Fleet (src/fleet/fleet.ts): loaded only when configured, like the AWS SDK.
+  const fleet = config.fleet === undefined || opts.controlPlane !== undefined
+    ? null
+    : await import('./fleet/fleet.js').then((m) => new m.FleetControlPlane(config.fleet!, m.registryTarget(registry, logger), logger))
+  const control: ControlPlane = opts.controlPlane?.(registry) ?? fleet ?? new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  if (fleet !== null) metrics.bindFleet(fleet)
+  // Rollouts (SPEC §11): weight changes through the control plane, one log line per transition.
+  metrics.bindRollouts(registry)
+  const rollouts = new RolloutManager({ registry, control, onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
+  rollouts.on('rollout', (e) => {
+    const { message, ...fields } = e
+    logger[e.action === 'error' ? 'error' : 'warn']({ event: 'rollout', ...fields }, message)
+  })
 
   const genReqId = (req: { headers: Record<string, string | string[] | undefined> }): string => acceptRequestId(req.headers['x-request-id']) ?? randomUUID()
   // Hardening: path normalisation before routing, request limits, client errors (plugins/limits.ts).
@@ -127,8 +147,9 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null })
   await admin.register(uiRoutes, {})
-  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText })
+  await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText, unready: control.fleet === undefined ? undefined : () => control.fleet!.loaded ? [] : ['fleet'] })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
+  await admin.register(rolloutRoutes, { rollouts, token: config.admin.token })
 
   await app.ready()
   await admin.ready()
@@ -139,6 +160,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
     metrics,
     logger,
     control,
+    rollouts,
     markListening () { phase = 'ok' },
     start () {
       registry.start()
@@ -149,6 +171,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       phase = 'stopping'
       await app.close()
       await admin.close()
+      rollouts.close()
       await control.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()

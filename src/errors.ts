@@ -23,7 +23,9 @@ export const ErrorCodes = {
   GW_DEADLINE: 504,
   // --- fleet (SPEC §10) ---
   GW_VERSION_CONFLICT: 412,
-  GW_FLEET_UNAVAILABLE: 503
+  GW_FLEET_UNAVAILABLE: 503,
+  // --- rollouts (SPEC §11) ---
+  GW_NO_ROLLOUT: 404
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

@@ -5,6 +5,7 @@
  *   lattice-gateway                     the demo: demo upstreams + gateway on loopback
  *   lattice-gateway --config FILE       run with a config file
  *   lattice-gateway check FILE          validate a config file; exit 0 or 1
+ *   lattice-gateway migrate --config F  create the fleet store's tables; exit 0 (2: store unreachable)
  *
  * Exit codes: 0 normal stop, 1 invalid config or arguments, 2 a port could
  * not be bound. SIGTERM/SIGINT drain: stop accepting, let in-flight
@@ -22,6 +23,8 @@ import type { WorkerRole } from './cluster.js'
 const USAGE = `usage:
   lattice-gateway [--config FILE]     run (no config: the demo)
   lattice-gateway check FILE          validate FILE and exit 0 (valid) or 1
+  lattice-gateway migrate --config FILE
+                                      create the fleet store's tables (fleet.url) and exit 0
   lattice-gateway --help`
 
 async function main (argv: string[]): Promise<number> {
@@ -50,6 +53,25 @@ async function main (argv: string[]): Promise<number> {
     } catch (err) {
       return reportConfigError(err)
     }
+  }
+  if (positionals[0] === 'migrate') {
+    const file = positionals[1] ?? values.config
+    if (file === undefined || positionals.length > 2) {
+      process.stderr.write(`migrate needs --config FILE\n${USAGE}\n`)
+      return 1
+    }
+    let config: GatewayConfig
+    try {
+      config = loadConfigFile(file)
+    } catch (err) {
+      return reportConfigError(err)
+    }
+    if (config.fleet === undefined) {
+      process.stderr.write(`${file}: no fleet in the config: nothing to migrate\n`)
+      return 1
+    }
+    const { migrateStore } = await import('./fleet/fleet.js')
+    return migrateStore(config.fleet, (line) => process.stdout.write(`${line}\n`), (line) => process.stderr.write(`${line}\n`))
   }
   if (positionals.length > 0) {
     process.stderr.write(`unknown command "${positionals[0]}"\n${USAGE}\n`)

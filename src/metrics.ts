@@ -13,6 +13,8 @@
 import client from 'prom-client'
 import type { Registry } from './upstream/registry.js'
 import type { Outcome } from './upstream/origin.js'
+import type { EventEmitter } from 'node:events'
+import type { FleetEvents } from './fleet/fleet.js'
 
 const OUTCOMES: Outcome[] = ['ok', 'error_status', 'connect_error', 'timeout', 'reset']
 
@@ -120,6 +122,43 @@ export class Metrics {
       for (const [dep, w] of Object.entries(e.to)) this.trafficWeight.labels(e.service, dep).set(w)
     })
   }
+
+  // ---- rollouts (SPEC §11) ----
+  readonly #shielded = new HotCounterFamily({ name: 'gateway_rollout_shielded_total', help: 'Requests that failed on a rollout candidate and were re-sent to the baseline', labelNames: ['service'], registers: [this.registry] })
+  readonly rollouts = new client.Counter({ name: 'gateway_rollouts_total', help: 'Rollouts that ended, by result (promoted, rolled_back, aborted)', labelNames: ['service', 'result'], registers: [this.registry] })
+
+  /**
+   * Wires the shield counter of every service with more than one
+   * deployment; a service's sample appears with its first shielded request
+   * (SPEC §11 labels it by service alone).
+   */
+  bindRollouts (registry: Registry): void {
+    for (const service of registry.services.values()) {
+      if (service.groups.size < 2) continue
+      let shielded: HotCounter | null = null
+      service.onShield = () => {
+        if (shielded === null) shielded = this.#shielded.hot(service.name)
+        shielded.inc()
+      }
+    }
+  }
+  // ---- end rollouts ----
+
+  // ---- fleet (SPEC §10; only with `fleet` in the config) ----
+  /** Wires the fleet gauges to the control plane's events (a cluster worker gets them from its primary). */
+  bindFleet (fleet: EventEmitter<FleetEvents>): void {
+    const registers = [this.registry]
+    // `max`: in a cluster one worker's value is the replica's (the primary tells them all).
+    const connected = new client.Gauge({ name: 'gateway_fleet_connected', help: '1 while the fleet store is reachable and its state loaded', registers, aggregator: 'max' })
+    const replicas = new client.Gauge({ name: 'gateway_fleet_replicas', help: 'Live replicas of the fleet, counted at each heartbeat', registers, aggregator: 'max' })
+    const version = new client.Gauge({ name: 'gateway_fleet_version', help: 'Version of a service\'s weights as applied by this replica', labelNames: ['service'], registers, aggregator: 'max' })
+    connected.set(0)
+    replicas.set(0)
+    fleet.on('connection', (e) => connected.set(e.connected ? 1 : 0))
+    fleet.on('replicas', (n) => replicas.set(n))
+    fleet.on('version', (e) => version.labels(e.service).set(e.version))
+  }
+  // ---- end fleet ----
 
   // ---- aggregate routes (SPEC §5; compiled by src/aggregate/plan.ts) ----
   readonly #aggregateSections = new HotCounterFamily({ name: 'gateway_aggregate_sections_total', help: 'Aggregate route sections by route, section and outcome', labelNames: ['route', 'section', 'outcome'], registers: [this.registry] })

@@ -176,7 +176,7 @@ const longForm = fc.tuple(
 })
 const sticky = fc.oneof(fc.record({ header: text1 }, { noNullPrototype: true }), fc.record({ cookie: text1 }, { noNullPrototype: true }))
 const service = fc.tuple(
-  closedArb(sch(ServiceSchema), { origins: null, deployments: null, traffic: null, sticky: null }),
+  closedArb(sch(ServiceSchema), { origins: null, deployments: null, traffic: null, sticky: null, rollout: null, preview: null }),
   fc.oneof(shortForm, longForm),
   fc.option(sticky, { nil: undefined })
 ).map(([base, form, st]) => ({ ...base, ...form, ...(st === undefined ? {} : { sticky: st }) }) as Obj)

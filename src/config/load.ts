@@ -94,7 +94,7 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // from `doc` below, and a `routes` mapping with a `length` key would
   // break TypeBox's array defaulting (it is reported by the check above).
   const { services: _s, routes: _r, ...rest } = doc
-  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'] }
+  const top = Value.Default(TopSchema, structuredClone(rest)) as { server: GatewayConfig['server'], admin: GatewayConfig['admin'], lattice: GatewayConfig['lattice'], fleet?: GatewayConfig['fleet'] }
   // A `services` or `routes` of the wrong shape is reported by the check
   // above; nothing below reports again on its account.
   const servicesRaw = doc.services === undefined ? {} : isMapping(doc.services) ? doc.services : null
@@ -128,7 +128,7 @@ export function validateConfig (raw: unknown, source = 'config'): GatewayConfig 
   // A value checked twice (a deployment inside its service, then alone) reports once.
   const unique = issues.filter((x, i) => issues.findIndex((y) => y.path === x.path && y.message === x.message) === i)
   if (unique.length > 0) throw new ConfigError(unique, source)
-  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, services, routes })
+  return deepFreeze({ server: top.server, admin: top.admin, lattice: top.lattice, ...(top.fleet === undefined ? {} : { fleet: top.fleet }), services, routes })
 }
 
 const MAX_DEPTH = 32
@@ -205,9 +205,25 @@ function compileService (name: string, raw: unknown, issues: ConfigIssue[]): Ser
   if (isMapping(svc.sticky) && (svc.sticky.header === undefined) === (svc.sticky.cookie === undefined)) {
     issues.push({ path: `${base}.sticky`, message: 'give exactly one of "header" or "cookie"' })
   }
+  // Rollouts (SPEC §11): the steps end with the candidate at 100.
+  if (isMapping(raw.rollout)) issues.push(...rolloutIssues(svc.rollout, `${base}.rollout`))
+  for (const k of ['rollout', 'preview'] as const) {
+    if (isMapping(raw[k]) && names.length < 2) issues.push({ path: `${base}.${k}`, message: 'needs at least two deployments (a baseline and a candidate)' })
+  }
   if (issues.length > before) return undefined
   const { origins: _o, ...rest } = svc
   return { ...rest, deployments, traffic } as ServiceConfig
+}
+
+/** Checks what the schema cannot say about a rollout's steps (also used for a start request's overrides). */
+export function rolloutIssues (r: { steps?: unknown } | undefined, path: string): ConfigIssue[] {
+  const steps = r?.steps
+  if (!Array.isArray(steps) || steps.length === 0 || !steps.every((w) => Number.isInteger(w))) return []
+  for (let i = 1; i < steps.length; i++) {
+    if ((steps[i] as number) <= (steps[i - 1] as number)) return [{ path: `${path}.steps[${i}]`, message: `steps must increase (got ${JSON.stringify(steps)})` }]
+  }
+  if (steps[steps.length - 1] !== 100) return [{ path: `${path}.steps`, message: `the last step must be 100, the candidate taking all traffic (got ${JSON.stringify(steps)})` }]
+  return []
 }
 
 function checkOrigin (raw: unknown, path: string, issues: ConfigIssue[]): OriginSpec | undefined {

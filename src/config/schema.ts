@@ -86,6 +86,31 @@ export const DeploymentSchema = closed({
 const StatusCode = Type.Integer({ minimum: 100, maximum: 599 })
 const Method = Type.Union(HTTP_METHODS.map((m) => Type.Literal(m)))
 
+/** A service's rollout settings (SPEC §11); also the shape of a start request's overrides. */
+export const RolloutSchema = closed({
+  /** The candidate's weight at each step: increasing, 1-100, the last 100. */
+  steps: Type.Array(Type.Integer({ minimum: 1, maximum: 100 }), { default: [5, 25, 50, 100], minItems: 1 }),
+  stepIntervalMs: Ms(10, 60000),
+  analysis: closed({
+    minRequests: Type.Integer({ minimum: 1, default: 50 }),
+    maxErrorRate: Type.Number({ minimum: 0, maximum: 1, default: 0.01 }),
+    maxP99Ratio: Type.Number({ exclusiveMinimum: 0, default: 1.5 })
+  }, { default: {} }),
+  failureLimit: Type.Integer({ minimum: 1, default: 1 }),
+  shield: Type.Boolean({ default: true })
+})
+
+export type RolloutConfig = Static<typeof RolloutSchema>
+
+/** SPEC §11's rollout defaults, for a service whose config has no `rollout` block. */
+export const ROLLOUT_DEFAULTS: Readonly<RolloutConfig> = Object.freeze({
+  steps: [5, 25, 50, 100],
+  stepIntervalMs: 60000,
+  analysis: { minRequests: 50, maxErrorRate: 0.01, maxP99Ratio: 1.5 },
+  failureLimit: 1,
+  shield: true
+})
+
 export const ServiceSchema = closed({
   timeoutMs: Ms(1, 2000),
   retry: closed({
@@ -117,7 +142,16 @@ export const ServiceSchema = closed({
   sticky: Type.Optional(closed({
     header: Type.Optional(Type.String({ minLength: 1 })),
     cookie: Type.Optional(Type.String({ minLength: 1 }))
+  })),
+  // --- rollouts (SPEC §11) ---
+  /** Progressive delivery: the defaults a rollout starts with (its POST body may override them). */
+  rollout: Type.Optional(RolloutSchema),
+  /** Reach a named deployment whatever its weight. */
+  preview: Type.Optional(closed({
+    header: Type.String({ minLength: 1, default: 'x-preview-deployment' }),
+    token: Type.Optional(Type.String())
   }))
+  // --- end rollouts ---
 })
 
 export const ProxyRouteSchema = closed({
@@ -147,10 +181,22 @@ export const AggregateRouteSchema = closed({
   sections: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_-]+$' }), SectionSchema, { additionalProperties: false })
 })
 
+/** SPEC §10: replicas with the same url and name share one control state. */
+export const FleetSchema = closed({
+  /** postgres://user:pass@host:5432/db — a secret: never logged (the password is redacted). */
+  url: Type.String({ pattern: '^postgres(ql)?://', description: 'postgres://user:pass@host:5432/db' }),
+  name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,100}$', default: 'default' }),
+  /** How long an admin change waits for every live replica to apply it. */
+  applyTimeoutMs: Ms(1, 3000),
+  /** A replica is live while its last heartbeat is < 3 x heartbeatMs old. */
+  heartbeatMs: Ms(10, 1000)
+})
+
 export const TopSchema = closed({
   server: ServerSchema,
   admin: AdminSchema,
   lattice: LatticeSchema,
+  fleet: Type.Optional(FleetSchema),
   services: Type.Record(Type.String({ pattern: '^[A-Za-z0-9_.-]+$' }), Type.Unknown(), { default: {}, additionalProperties: false }),
   routes: Type.Array(Type.Unknown(), { default: [] })
 })
@@ -158,6 +204,7 @@ export const TopSchema = closed({
 export type ServerConfig = Static<typeof ServerSchema> & { logLevel: string }
 export type AdminConfig = Static<typeof AdminSchema>
 export type LatticeConfig = Static<typeof LatticeSchema>
+export type FleetConfig = Static<typeof FleetSchema>
 export type LatticeOrigin = Static<typeof LatticeOriginSchema>['lattice']
 type ServiceRaw = Static<typeof ServiceSchema>
 export type ProxyRoute = Static<typeof ProxyRouteSchema>
@@ -182,6 +229,8 @@ export interface GatewayConfig {
   server: ServerConfig
   admin: AdminConfig
   lattice: LatticeConfig
+  /** Absent: each process keeps its own control state. */
+  fleet?: FleetConfig
   services: Record<string, ServiceConfig>
   routes: RouteConfig[]
 }

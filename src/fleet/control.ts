@@ -17,6 +17,7 @@
  * The request path never calls this: it reads the plain in-memory tables
  * of `Service`, which a `ControlPlane` replaces atomically.
  */
+import type { Pool } from 'pg'
 import { GatewayError } from '../errors.js'
 
 /** Who made a change: an operator through the admin API, or a rollout's driver. */
@@ -66,9 +67,52 @@ export interface HistoryEntry {
   reason: string | null
 }
 
+/** One replica in `GET /admin/fleet`. */
+export interface ReplicaView {
+  id: string
+  host: string
+  pid: number
+  /** ISO 8601. */
+  startedAt: string
+  lastSeenAt: string
+  /** Last heartbeat younger than 3 x heartbeatMs (judged by the store's clock when read). */
+  live: boolean
+  /** The version of every service's weights as applied by that replica. */
+  versions: Record<string, number>
+  /** What the replica published with `setHeartbeatStats` (absent when nothing). */
+  stats?: unknown
+}
+
+/** `GET /admin/fleet`. */
+export interface FleetView {
+  name: string
+  connected: boolean
+  self: string
+  replicas: ReplicaView[]
+}
+
+/** What the fleet control plane offers other control modules (rollouts, SPEC §11). */
+export interface FleetHandle {
+  readonly name: string
+  /** The store is reachable (connected, listening, state loaded). */
+  readonly connected: boolean
+  /** The stored state was loaded at least once (`/readyz` waits for it). */
+  readonly loaded: boolean
+  /** The store's connection pool, for other control modules' own tables and locks; null in a cluster worker (its primary holds the connection). */
+  readonly pool: Pool | null
+  /** The replica registry; throws GW_FLEET_UNAVAILABLE while the store is down. */
+  view(): Promise<FleetView>
+  /** The live replicas; throws GW_FLEET_UNAVAILABLE while the store is down. */
+  liveReplicas(): Promise<ReplicaView[]>
+  /** Extra JSON this replica publishes with each heartbeat (`stats` of its replica entry); null stops. */
+  setHeartbeatStats(fn: (() => unknown) | null): void
+}
+
 export interface ControlPlane {
-  /** This replica's id (without `fleet`: `<host>:<pid>`). */
+  /** This replica's id (without `fleet`: `<host>:<pid>`; with it `<host>:<pid>:<random>`). */
   readonly replicaId: string
+  /** Present with `fleet`. */
+  readonly fleet?: FleetHandle
   /** The version of a service's weights as applied in this process. */
   version(service: string): number
   /**
