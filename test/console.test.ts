@@ -321,14 +321,14 @@ t.test('operator console in Chromium', { skip: !HAVE_BROWSER && !REQUIRED ? MISS
     const review = page.locator('section[data-service="review"]')
     await review.locator('td.weight[data-deployment="blue"]').filter({ hasText: /^100$/ }).waitFor()
     await page.getByLabel('review rollout candidate').selectOption('green')
-    await page.getByLabel('review rollout steps (%)').fill('10, 50')
+    await page.getByLabel('review rollout steps (%)').fill('10, 50, 100')
     await page.getByLabel('review step interval (ms)').fill('600000')
     await review.getByRole('button', { name: 'Start rollout' }).click()
-    t.match(await page.getByRole('dialog').textContent(), /Start a rollout of review from blue to green in steps 10, 50/)
+    t.match(await page.getByRole('dialog').textContent(), /Start a rollout of review from blue to green in steps 10, 50, 100/)
     await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click()
     await review.locator('.rollout .status').filter({ hasText: 'running' }).waitFor()
-    t.match(await review.locator('.rollout-state').textContent(), /blue → green, candidate weight 10, step 1 of 2/)
-    t.same(await review.locator('.steps li').allTextContents(), ['10%', '50%'], 'the steps are shown')
+    t.match(await review.locator('.rollout-state').textContent(), /blue → green, candidate weight 10, step 1 of 3/)
+    t.same(await review.locator('.steps li').allTextContents(), ['10%', '50%', '100%'], 'the steps are shown')
     let state = (await admin(g, 'GET', '/admin/services/review/rollout')).body
     t.equal(state.status, 'running')
     t.same((await admin(g, 'GET', '/admin/services')).body.review.traffic, { blue: 90, green: 10 }, 'weights at the first step')
@@ -356,7 +356,7 @@ t.test('operator console in Chromium', { skip: !HAVE_BROWSER && !REQUIRED ? MISS
 
   await t.test('Promote from the UI; an API-started rollout shows every analysis', { skip: noRollouts }, async (t) => {
     const review = page.locator('section[data-service="review"]')
-    await page.getByLabel('review rollout steps (%)').fill('10, 50')
+    await page.getByLabel('review rollout steps (%)').fill('10, 50, 100')
     await page.getByLabel('review step interval (ms)').fill('600000')
     await review.getByRole('button', { name: 'Start rollout' }).click()
     await page.getByRole('dialog').getByRole('button', { name: 'Confirm' }).click()
