@@ -20,6 +20,8 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import { startGateway, type TestGateway } from './helpers/gateway.js'
 import { colourUpstream, cutoverService, TOKEN, client } from './helpers/colours.js'
 import { startUpstream, type TestUpstream } from './helpers/upstream.js'
+import { startPostgres } from './helpers/postgres.js'
+import { until } from './helpers/cli.js'
 
 // Browser globals, used only inside page.evaluate() callbacks (they run in Chromium).
 declare const document: any, window: any, sessionStorage: any, performance: any
@@ -427,4 +429,72 @@ t.test('operator console in Chromium', { skip: !HAVE_BROWSER && !REQUIRED ? MISS
     for (const l of rec.expectedFailures) t.comment(`allowed: ${l}`)
     t.ok(rec.expectedFailures.some((l) => l.includes('401')), 'the wrong token was answered 401 (the only failures allowed are provoked ones)')
   })
+})
+
+t.test('with a fleet: the replicas panel, and a change made on another replica shows within 2 s', { skip: !HAVE_BROWSER && !REQUIRED ? MISSING : false }, async (t) => {
+  if (!HAVE_BROWSER) {
+    t.fail(`LATTICE_GATEWAY_REQUIRE_BROWSER=1 and ${MISSING}`)
+    return
+  }
+  const pg = await startPostgres(t)
+  const url = await pg.database('console')
+  const blue = await colourUpstream('blue')
+  const green = await colourUpstream('green')
+  t.teardown(async () => { await blue.close(); await green.close() })
+  const replica = async (): Promise<TestGateway> => {
+    const g = await startGateway({
+      admin: { token: TOKEN },
+      fleet: { url, name: 'console', heartbeatMs: 100, applyTimeoutMs: 5000 },
+      services: { review: cutoverService({ blue: { primary: blue.url }, green: { primary: green.url } }, { traffic: { blue: 100, green: 0 } }) },
+      routes: [{ type: 'proxy', prefix: '/reviews', service: 'review' }]
+    })
+    t.teardown(() => g.close())
+    return g
+  }
+  const a = await replica()
+  const b = await replica()
+  await until('both replicas connected', () => a.gw.control.fleet?.connected === true && b.gw.control.fleet?.connected === true ? true : undefined)
+  await until('both replicas live', async () => (await a.gw.control.fleet!.liveReplicas()).length === 2 ? true : undefined)
+
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true })
+  t.teardown(() => browser.close())
+  const rec: Recorder = { foreign: [], consoleErrors: [], expectedFailures: [] }
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  await context.route('**/*', async (route) => {
+    if (new URL(route.request().url()).hostname !== '127.0.0.1') {
+      rec.foreign.push(route.request().url())
+      await route.abort('blockedbyclient')
+      return
+    }
+    await route.continue()
+  })
+  const page = await openPage(context, rec)
+  await page.goto(`${a.adminUrl}/ui/`)
+  await page.getByLabel('Admin token').fill(TOKEN)
+  await page.getByRole('button', { name: 'Sign in' }).click()
+
+  const fleet = page.locator('section.fleet')
+  await fleet.getByRole('heading', { level: 2, name: 'Fleet console' }).waitFor()
+  await fleet.locator('tbody tr').nth(1).waitFor()
+  const rows = await fleet.locator('tbody tr').allTextContents()
+  t.equal(rows.length, 2, 'one row per replica')
+  t.ok(rows.some((r) => r.includes(a.gw.control.replicaId) && r.includes('(this one)')), 'the replica this page talks to is marked')
+  t.ok(rows.some((r) => r.includes(b.gw.control.replicaId)), 'the other replica is listed')
+  t.ok(rows.every((r) => r.includes('live')), 'both live')
+  await fleet.getByText('store connected').waitFor()
+  await page.getByRole('heading', { level: 2, name: 'review' }).waitFor()
+
+  // A change made on replica B is committed to the store, applied on A and shown by A's page.
+  const res = await request(`${b.adminUrl}/admin/services/review/traffic`, {
+    method: 'PUT', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ blue: 40, green: 60 }), dispatcher: client
+  })
+  t.equal(res.statusCode, 200)
+  await res.body.dump()
+  const answered = Date.now()
+  await page.locator('section[data-service="review"] td.weight[data-deployment="green"]').filter({ hasText: /^60$/ }).waitFor({ timeout: 2000 })
+  t.comment(`a change on another replica visible in the page after ${Date.now() - answered} ms`)
+  await page.locator('section[data-service="review"] .history td').filter({ hasText: b.gw.control.replicaId }).first().waitFor({ timeout: 2000 })
+  t.pass('the history names the replica that made the change')
+  t.same(rec.foreign, [], 'every request went to 127.0.0.1')
+  t.same(rec.consoleErrors, [], 'no console or page error')
 })
