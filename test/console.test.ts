@@ -63,9 +63,8 @@ async function admin (g: TestGateway, method: string, path: string, body?: unkno
   return { status: res.statusCode, body: text === '' ? null : JSON.parse(text) }
 }
 
-/** A page whose every request is checked: 127.0.0.1 only, and console errors recorded. */
-async function openPage (context: BrowserContext, rec: Recorder): Promise<Page> {
-  const page = await context.newPage()
+/** Records a page's console errors and page errors (provoked admin API answers aside). */
+function watch (page: Page, rec: Recorder): void {
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return
     const text = msg.text()
@@ -80,6 +79,12 @@ async function openPage (context: BrowserContext, rec: Recorder): Promise<Page> 
     rec.consoleErrors.push(`${text} ${url}`)
   })
   page.on('pageerror', (err) => rec.consoleErrors.push(`page error: ${err.message}`))
+}
+
+/** A page of a context whose requests are routed through the loopback guard, its errors recorded. */
+async function openPage (context: BrowserContext, rec: Recorder): Promise<Page> {
+  const page = await context.newPage()
+  watch(page, rec)
   return page
 }
 
@@ -152,8 +157,7 @@ t.test('operator console in Chromium', { skip: !HAVE_BROWSER && !REQUIRED ? MISS
     t.teardown(() => measuring.close())
     const mpage = await measuring.newPage()
     mpage.on('request', (req) => { if (new URL(req.url()).hostname !== '127.0.0.1') rec.foreign.push(req.url()) })
-    mpage.on('console', (msg) => { if (msg.type() === 'error') rec.consoleErrors.push(`${msg.text()} ${msg.location().url}`) })
-    mpage.on('pageerror', (err) => rec.consoleErrors.push(`page error: ${err.message}`))
+    watch(mpage, rec)
     const measure = async (): Promise<{ transferred: number, decoded: number, requests: number, renderedMs: number | null, fcpMs: number | null }> => {
       await mpage.getByLabel('Admin token').waitFor()
       await mpage.waitForFunction(() => performance.getEntriesByName('first-contentful-paint').length > 0)
@@ -184,6 +188,18 @@ t.test('operator console in Chromium', { skip: !HAVE_BROWSER && !REQUIRED ? MISS
     const again = await measure()
     t.ok(again.transferred < first.transferred / 4, 'a repeat visit transfers a fraction of the first')
     t.comment(`console repeat visit: ${again.transferred} bytes transferred; first render at ${Math.round(again.renderedMs ?? -1)} ms, first contentful paint at ${Math.round(again.fcpMs ?? -1)} ms`)
+
+    // Signed in: uPlot follows, then the panels and their charts.
+    await mpage.getByLabel('Admin token').fill(TOKEN)
+    const clicked = await mpage.evaluate(() => performance.now())
+    await mpage.getByRole('button', { name: 'Sign in' }).click()
+    await mpage.locator('.plot canvas').first().waitFor()
+    const signedIn = await mpage.evaluate(() => {
+      const ui: any[] = performance.getEntriesByType('resource').filter((r: any) => new URL(r.name).pathname.startsWith('/ui/'))
+      return { assets: ui.length + 1, transferred: ui.reduce((n, r) => n + r.transferSize, 0), data: performance.getEntriesByName('console-data')[0]?.startTime ?? null }
+    })
+    t.ok(signedIn.data !== null, 'the console marked its first data')
+    t.comment(`console signed in: uPlot fetched after sign-in (${signedIn.transferred} bytes of assets since the reload); panels with data ${Math.round((signedIn.data ?? 0) - clicked)} ms after Sign in`)
 
     // The guarded page used by the tests below.
     await page.goto(`${g.adminUrl}/ui/`)

@@ -10,9 +10,11 @@
 import { h, render } from './vendor/preact.mjs'
 import { useCallback, useEffect, useRef, useState } from './vendor/hooks.mjs'
 import htm from './vendor/htm.mjs'
-import uPlot from './vendor/uplot.mjs'
 
 const html = htm.bind(h)
+// uPlot (the largest module) is needed only once signed in: loaded then, off the sign-in's path.
+let uPlotModule = null
+const loadUPlot = () => (uPlotModule ??= import('./vendor/uplot.mjs').then((m) => m.default))
 const TOKEN_KEY = 'lattice-gateway.admin-token'
 const POLL_MS = 1000
 const WINDOW_S = 300
@@ -303,27 +305,38 @@ function Outcome ({ outcome }) {
 function Chart ({ title, unit, service, deployments, ring, field, tick }) {
   const box = useRef(null)
   const plot = useRef(null)
+  const [loadError, setLoadError] = useState(null)
   const key = deployments.join('\u0000')
   useEffect(() => {
-    const el = box.current
-    const width = Math.max(240, el.clientWidth)
-    const opts = {
-      width,
-      height: 150,
-      legend: { show: true, live: false },
-      cursor: { show: false },
-      scales: {
-        x: { time: true, range: () => { const now = Date.now() / 1000; return [now - WINDOW_S, now] } },
-        y: { range: (_u, _min, max) => [0, Math.max(field === 'err' ? 1 : 1, (max ?? 0) * 1.1)] }
-      },
-      axes: [{ stroke: '#555' }, { stroke: '#555', size: 48, values: (_u, vals) => vals.map((v) => `${+v.toFixed(2)}${unit}`) }],
-      series: [{}, ...deployments.map((dep, i) => ({ label: dep, stroke: colourOf(dep, i), width: 2, spanGaps: false, value: (_u, v) => (v === null ? '–' : `${v.toFixed(2)}${unit}`) }))]
+    let cancelled = false
+    let resize = null
+    loadUPlot().then((UPlot) => {
+      if (cancelled) return
+      const el = box.current
+      const opts = {
+        width: Math.max(240, el.clientWidth),
+        height: 150,
+        legend: { show: true, live: false },
+        cursor: { show: false },
+        scales: {
+          x: { time: true, range: () => { const now = Date.now() / 1000; return [now - WINDOW_S, now] } },
+          // Never a flat zero-height scale: at least 1 req/s or 1 %.
+          y: { range: (_u, _min, max) => [0, Math.max(1, (max ?? 0) * 1.1)] }
+        },
+        axes: [{ stroke: '#555' }, { stroke: '#555', size: 48, values: (_u, vals) => vals.map((v) => `${+v.toFixed(2)}${unit}`) }],
+        series: [{}, ...deployments.map((dep, i) => ({ label: dep, stroke: colourOf(dep, i), width: 2, spanGaps: false }))]
+      }
+      const p = new UPlot(opts, ring.data(service, deployments, field), el)
+      plot.current = p
+      resize = new ResizeObserver(() => p.setSize({ width: Math.max(240, el.clientWidth), height: 150 }))
+      resize.observe(el)
+    }, (err) => { if (!cancelled) setLoadError(`charts unavailable: ${err.message}`) })
+    return () => {
+      cancelled = true
+      resize?.disconnect()
+      plot.current?.destroy()
+      plot.current = null
     }
-    const p = new uPlot(opts, ring.data(service, deployments, field), el)
-    plot.current = p
-    const resize = new ResizeObserver(() => p.setSize({ width: Math.max(240, el.clientWidth), height: 150 }))
-    resize.observe(el)
-    return () => { resize.disconnect(); p.destroy(); plot.current = null }
   }, [key])
   useEffect(() => {
     if (plot.current !== null) plot.current.setData(ring.data(service, deployments, field))
@@ -331,7 +344,8 @@ function Chart ({ title, unit, service, deployments, ring, field, tick }) {
   return html`
     <figure class="chart">
       <figcaption>${title}</figcaption>
-      <div ref=${box} class="plot" role="img" aria-label=${`${title} for ${deployments.join(', ')}`}></div>
+      <div ref=${box} class="plot" role="img" aria-label=${`${title} for ${deployments.join(', ')}, last 5 minutes`}></div>
+      ${loadError !== null ? html`<p role="alert" class="error">${loadError}</p>` : null}
     </figure>`
 }
 
@@ -375,7 +389,7 @@ function SignIn ({ onSignedIn, message }) {
 
 // ----------------------------------------------------------- service panel
 
-function Origins ({ service, dep, deployment, act }) {
+function Origins ({ service, dep, deployment, act, token }) {
   const origins = Object.entries(deployment.origins ?? {})
   return html`
     <ul class="origins">
@@ -390,12 +404,12 @@ function Origins ({ service, dep, deployment, act }) {
     </ul>
     ${deployment.active === 'secondary'
       ? html`<button type="button" onClick=${() => act(`Fail ${service} ${dep} back to its primary (${deployment.origins?.primary?.url ?? 'primary'})?`,
-          () => call(act.token, 'POST', `/admin/services/${enc(service)}/deployments/${enc(dep)}/failback`),
+          () => call(token, 'POST', `/admin/services/${enc(service)}/deployments/${enc(dep)}/failback`),
           (r) => (r?.failedBack ? `${service} ${dep}: back on its primary` : `${service} ${dep}: still on its secondary (the primary is not healthy yet)`))}>Failback</button>`
       : null}`
 }
 
-function TrafficForm ({ name, svc, act, locked }) {
+function TrafficForm ({ name, svc, act, token, locked }) {
   const deployments = Object.keys(svc.deployments ?? {})
   const [drafts, setDrafts] = useState({})
   const [localError, setLocalError] = useState(null)
@@ -417,7 +431,7 @@ function TrafficForm ({ name, svc, act, locked }) {
     }
     const headers = typeof svc.version === 'number' ? { 'if-match': String(svc.version) } : {}
     const ok = await act(`Set ${name} traffic to ${weightsText(weights)} (now ${weightsText(current)})?`,
-      () => call(act.token, 'PUT', `/admin/services/${enc(name)}/traffic`, { body: weights, headers }),
+      () => call(token, 'PUT', `/admin/services/${enc(name)}/traffic`, { body: weights, headers }),
       (r) => `${name}: traffic ${weightsText(r?.traffic ?? weights)} applied${typeof r?.version === 'number' ? ` (version ${r.version})` : ''}${r?.fleet?.pending?.length ? `; ${r.fleet.pending.length} replica(s) had not confirmed yet` : ''}`)
     if (ok) setDrafts({})
   }
@@ -437,7 +451,7 @@ function TrafficForm ({ name, svc, act, locked }) {
                   value=${value(dep)} disabled=${locked}
                   onInput=${(e) => setDrafts({ ...drafts, [dep]: e.currentTarget.value })} />
               </td>
-              <td><${Origins} service=${name} dep=${dep} deployment=${svc.deployments[dep]} act=${act} /></td>
+              <td><${Origins} service=${name} dep=${dep} deployment=${svc.deployments[dep]} act=${act} token=${token} /></td>
             </tr>`)}
         </tbody>
       </table>
@@ -473,7 +487,7 @@ function Analyses ({ analyses }) {
     </div>`
 }
 
-function Rollout ({ name, svc, rollout, act }) {
+function Rollout ({ name, svc, rollout, act, token }) {
   const deployments = Object.keys(svc.deployments ?? {})
   const state = rollout?.state ?? null
   const active = state !== null && ACTIVE_ROLLOUT.has(state.status)
@@ -485,7 +499,7 @@ function Rollout ({ name, svc, rollout, act }) {
   const [localError, setLocalError] = useState(null)
   const base = `/admin/services/${enc(name)}`
   const verb = (label, path, text) => html`
-    <button type="button" onClick=${() => act(text, () => call(act.token, 'POST', `${base}/rollout/${path}`),
+    <button type="button" onClick=${() => act(text, () => call(token, 'POST', `${base}/rollout/${path}`),
       (r) => `${name}: rollout ${r?.status ?? path}`)}>${label}</button>`
   const start = async (e) => {
     e.preventDefault()
@@ -502,7 +516,7 @@ function Rollout ({ name, svc, rollout, act }) {
       body.stepIntervalMs = Number(interval.trim())
     }
     await act(`Start a rollout of ${name} from ${baseline} to ${target}${body.steps ? ` in steps ${body.steps.join(', ')}` : ' with the configured steps'}?`,
-      () => call(act.token, 'POST', `${base}/rollouts`, { body }),
+      () => call(token, 'POST', `${base}/rollouts`, { body }),
       (r) => `${name}: rollout to ${r?.to ?? target} started (weight ${r?.weight ?? '?'})`)
   }
   return html`
@@ -604,18 +618,17 @@ function ServicePanel ({ name, svc, history, rollout, ring, tick, token, ask, re
       return false
     }
   }
-  act.token = token
   const locked = rollout?.state !== null && rollout?.state !== undefined && ACTIVE_ROLLOUT.has(rollout.state.status)
   return html`
     <section class="panel service" aria-labelledby=${`svc-${name}`} data-service=${name}>
       <h2 id=${`svc-${name}`}>${name}</h2>
-      <${TrafficForm} name=${name} svc=${svc} act=${act} locked=${locked} />
+      <${TrafficForm} name=${name} svc=${svc} act=${act} token=${token} locked=${locked} />
       <${Outcome} outcome=${outcome} />
       <div class="charts">
         <${Chart} title="Upstream requests/s" unit="" service=${name} deployments=${deployments} ring=${ring} field="rps" tick=${tick} />
         <${Chart} title="Error rate" unit="%" service=${name} deployments=${deployments} ring=${ring} field="err" tick=${tick} />
       </div>
-      <${Rollout} name=${name} svc=${svc} rollout=${rollout} act=${act} />
+      <${Rollout} name=${name} svc=${svc} rollout=${rollout} act=${act} token=${token} />
       <${History} name=${name} history=${history} />
     </section>`
 }
