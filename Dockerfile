@@ -1,24 +1,22 @@
-# lattice-gateway: multi-stage build on node:20-slim.
+# lattice-gateway: multi-stage build on node:24-slim (the current LTS).
 # Stage 1 compiles TypeScript with the dev dependencies; stage 2 carries
 # only production dependencies and the compiled output, runs as a non-root
 # user, and is health-checked on the admin listener's /healthz.
 
-FROM node:20-slim AS build
+FROM node:24-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 # --ignore-scripts: `prepare` builds, and the sources are not copied yet.
 RUN npm ci --ignore-scripts
-COPY tsconfig.json ./
+# tsconfig.build.json compiles the product only (no test/ or bench/).
+COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
 COPY routes ./routes
 COPY plugins ./plugins
-COPY test ./test
-COPY bench ./bench
 RUN npm run build
 
-FROM node:20-slim AS runtime
-ENV NODE_ENV=production \
-    AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED=true
+FROM node:24-slim AS runtime
+ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force

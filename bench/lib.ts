@@ -194,8 +194,9 @@ function newestSources (dir: string, out: string[]): void {
 }
 
 /**
- * Runs `npm run build` (tsc) when any source under src/ routes/ plugins/
- * bench/ has no compiled file in dist/ or is newer than it. The children
+ * Runs tsc over tsconfig.json (`npm run build` compiles the product
+ * only, not bench/) when any source under src/ routes/ plugins/ bench/
+ * has no compiled file in dist/ or is newer than it. The children
  * run from dist/ so they carry no TypeScript loader and measure exactly
  * what `npm start` runs.
  */
@@ -340,7 +341,7 @@ export interface Helper extends ChildHandle {
  */
 export async function startHelper (script: string, args: string[] = [], opts: { name?: string, nodeArgs?: string[], env?: NodeJS.ProcessEnv, timeoutMs?: number, pin?: boolean } = {}): Promise<Helper> {
   const file = join(DIST, 'bench', `${script}.js`)
-  if (!existsSync(file)) throw new Error(`${file} is missing: run \`npm run build\` (bench/run.ts does it when needed)`)
+  if (!existsSync(file)) throw new Error(`${file} is missing: run \`npx tsc -p tsconfig.json\` (bench/run.ts does it when needed)`)
   const [cmd, argv] = serverCommand([...(opts.nodeArgs ?? []), file, ...args], opts.pin)
   const proc = spawn(cmd, argv, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } })
   const h = track(opts.name ?? script, proc)
@@ -370,7 +371,7 @@ export interface UpstreamOptions {
   pin?: boolean
 }
 
-export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean }
+export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean, failRate?: number }
 
 export interface Upstream extends Helper {
   /** Changes latency/status/health for the next requests (PUT /__bench). */

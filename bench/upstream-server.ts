@@ -15,7 +15,8 @@
  * Control, for scenarios that need to change an origin under load:
  *   GET /health        200 (or 503 once `healthy` is false)
  *   GET /__bench       {"name","requests","latencyMs","status","healthy"}
- *   PUT /__bench       JSON body with any of {latencyMs, status, healthy};
+ *   PUT /__bench       JSON body with any of {latencyMs, status, healthy, failRate}
+ *                      (failRate: share of requests answered 503, 0-1);
  *                      applies to the next request, answers the new state
  * Every other request is counted and answered with `status` and the
  * document; the `x-origin` header carries `--name`.
@@ -37,7 +38,8 @@ const name = values.name
 const state = {
   latencyMs: Number(values.latency),
   status: Number(values.status),
-  healthy: true
+  healthy: true,
+  failRate: 0
 }
 let requests = 0
 
@@ -57,7 +59,7 @@ const body = documentOfSize(Number(values.bytes), name)
 const headers = { 'content-type': 'application/json', 'content-length': String(body.length), 'x-origin': name }
 
 function answer (res: ServerResponse): void {
-  res.writeHead(state.status, headers)
+  res.writeHead(state.failRate > 0 && Math.random() < state.failRate ? 503 : state.status, headers)
   res.end(body)
 }
 
@@ -76,6 +78,7 @@ function control (req: IncomingMessage, res: ServerResponse): void {
       if (typeof patch.latencyMs === 'number') state.latencyMs = patch.latencyMs
       if (typeof patch.status === 'number') state.status = patch.status
       if (typeof patch.healthy === 'boolean') state.healthy = patch.healthy
+      if (typeof patch.failRate === 'number') state.failRate = patch.failRate
       reply()
     } catch {
       res.writeHead(400).end()

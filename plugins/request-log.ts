@@ -58,9 +58,26 @@ function accessLogWriter (logger: Logger): AccessLog | null {
   if (!logger.isLevelEnabled('info')) return null
   const internals = logger as unknown as Record<symbol, unknown>
   const stream = internals[pino.symbols.streamSym] as { write(line: string): unknown }
-  const bindings = internals[pino.symbols.chindingsSym] as string
+  const bindings = ownBindings(internals[pino.symbols.chindingsSym] as string)
   const level = logger.levels.values.info
   return (reqId, route, method, url, status, ms, upstream) => {
     stream.write(`{"level":${level},"time":${Date.now()}${bindings},"reqId":${JSON.stringify(reqId)},"route":${JSON.stringify(route)},"method":${JSON.stringify(method)},"url":${JSON.stringify(url)},"status":${status},"durationMs":${Math.round(ms * 100) / 100},"upstream":${upstream === null ? 'null' : JSON.stringify(upstream)},"msg":"request"}\n`)
   }
+}
+
+/** The keys the access line writes itself. */
+const ACCESS_KEYS = new Set(['level', 'time', 'reqId', 'route', 'method', 'url', 'status', 'durationMs', 'upstream', 'msg'])
+
+/**
+ * The logger's bindings (pino's serialised `,"k":v` string) without the
+ * keys the access line writes itself, so no key appears twice in it.
+ */
+function ownBindings (chindings: string): string {
+  if (chindings === '') return ''
+  const parsed = JSON.parse(`{${chindings.slice(1)}}`) as Record<string, unknown>
+  let out = ''
+  for (const [k, v] of Object.entries(parsed)) {
+    if (!ACCESS_KEYS.has(k)) out += `,${JSON.stringify(k)}:${JSON.stringify(v)}`
+  }
+  return out
 }

@@ -90,7 +90,7 @@ export default async function adminRoutes (fastify: FastifyInstance, opts: Admin
     const service = serviceOf(request)
     if (!service.groups.has(request.params.dep)) throw new GatewayError('GW_NOT_FOUND', `service ${service.name} has no deployment "${request.params.dep}"`)
     const result = await control.failback(service.name, request.params.dep, request.ip)
-    const answer = { failedBack: result.failedBack, service: versioned(service.name) }
+    const answer = { failedBack: result.failedBack, service: versioned(service.name), ...(result.workers === undefined ? {} : { workers: result.workers }) }
     return result.fleet === undefined ? answer : { ...answer, fleet: result.fleet }
   })
 }

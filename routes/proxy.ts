@@ -8,6 +8,7 @@
  * any other body is streamed, and the origin group knows whether a byte of
  * it left (a POST is re-sent only when its first connection never opened).
  */
+import type { IncomingMessage } from 'node:http'
 import { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError, upstreamFailure } from '../src/errors.js'
@@ -20,12 +21,16 @@ export interface ProxyRouteOptions {
   route: ProxyRoute
   service: Service
   bodyLimit: number
+  /** `server.requestBufferBytes` and `server.clientBodyTimeoutMs` (SPEC §17). */
+  bufferBytes: number
+  bodyTimeoutMs: number
 }
 
 const METHODS = ['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE']
 
 export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyRouteOptions): Promise<void> {
-  const { route, service, bodyLimit } = opts
+  const { route, service } = opts
+  const bodies: BodyPolicy = { limit: opts.bodyLimit, bufferBytes: opts.bufferBytes, timeoutMs: opts.bodyTimeoutMs }
   const prefix = route.prefix.replace(/\/+$/, '')
   const rewrite = (route.rewritePrefix ?? prefix).replace(/\/+$/, '')
   const retryMethods = service.policy.methods
@@ -47,7 +52,8 @@ export default async function proxyRoute (fastify: FastifyInstance, opts: ProxyR
     headers['x-forwarded-for'] = xff === undefined ? request.ip : `${Array.isArray(xff) ? xff.join(', ') : xff}, ${request.ip}`
     headers['x-forwarded-proto'] = request.protocol
     if (request.headers.host !== undefined) headers['x-forwarded-host'] = request.headers.host
-    const body = await requestBody(request, bodyLimit, retryMethods.has(request.method))
+    let body = requestBody(request, bodies, retryMethods.has(request.method))
+    if (body !== null && body instanceof Promise) body = await body
 
     let res: UpstreamResponse
     try {
@@ -126,41 +132,121 @@ function relay (request: FastifyRequest, reply: FastifyReply, res: UpstreamRespo
   })
 }
 
-/** The request's body for the upstream, or null when it has none. */
-async function requestBody (request: FastifyRequest, limit: number, buffer: boolean): Promise<RequestBody | null> {
-  const raw = request.raw
+/** How the proxy reads request bodies (SPEC §17); compiled once per route. */
+interface BodyPolicy {
+  /** `server.bodyLimitBytes`: more is 413. */
+  limit: number
+  /** `server.requestBufferBytes`: bodies up to this are read in full before any origin is contacted. */
+  bufferBytes: number
+  /** `server.clientBodyTimeoutMs`: a buffered body's whole read, a streamed body's gap between chunks. */
+  timeoutMs: number
+}
+
+/**
+ * The request's body for the upstream: null when it has none (returned
+ * without a promise, so a bodiless request awaits nothing), else a
+ * buffered or a streamed body.
+ *
+ * Like nginx's request buffering, a body that fits in `bufferBytes` (by
+ * Content-Length, or a chunked body that ends within it) and a body that
+ * may be sent twice (a `retry.methods` request, up to the body limit) are
+ * read in full before any origin is contacted: a client that trickles or
+ * stalls holds no upstream connection, and gets 408 GW_CLIENT_TIMEOUT when
+ * it does not finish within `timeoutMs`. A larger body streams; the
+ * attempt's own deadline starts only once its last byte was handed over
+ * (src/upstream/origin-group.ts), and a gap longer than `timeoutMs`
+ * between two chunks is the client's 408 too — never the origin's fault.
+ */
+function requestBody (request: FastifyRequest, p: BodyPolicy, replay: boolean): RequestBody | null | Promise<RequestBody> {
   const te = request.headers['transfer-encoding']
   const cl = request.headers['content-length']
   if (te === undefined && (cl === undefined || cl === '0')) return null
-  if (cl !== undefined && Number(cl) > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`)
-  if (buffer) {
-    const chunks: Buffer[] = []
-    let n = 0
-    try {
-      for await (const chunk of raw) {
-        n += (chunk as Buffer).length
-        if (n > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`)
-        chunks.push(chunk as Buffer)
-      }
-    } catch (err) {
-      throw clientBodyError(err)
-    }
-    const all = Buffer.concat(chunks)
-    return { open: () => all, started: false, replayable: true }
+  const declared = cl === undefined ? -1 : Number(cl)
+  if (declared > p.limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${p.limit} bytes`)
+  const raw = request.raw
+  if (replay || declared !== -1) {
+    if (!replay && declared > p.bufferBytes) return new StreamedBody(raw, [], 0, p)
+    return readBody(raw, p, Infinity).then((r) => buffered(r.chunks))
   }
-  return new StreamedBody(raw, limit)
+  // Chunked: its size is known only once it ends.
+  return readBody(raw, p, p.bufferBytes).then((r) => r.ended ? buffered(r.chunks) : new StreamedBody(raw, r.chunks, r.bytes, p))
 }
 
-/** A body pulled from the client only when an attempt starts sending it. */
+function buffered (chunks: Buffer[]): RequestBody {
+  const all = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
+  return { open: () => all, started: false, replayable: true }
+}
+
+interface BodyStart {
+  chunks: Buffer[]
+  bytes: number
+  /** True when the whole body is in `chunks`. */
+  ended: boolean
+}
+
+/**
+ * Reads the client's body until it ends or more than `stopAfter` bytes are
+ * in (the stream is then left paused for a StreamedBody), within the
+ * client-body deadline.
+ */
+function readBody (raw: IncomingMessage, p: BodyPolicy, stopAfter: number): Promise<BodyStart> {
+  if (raw.destroyed) return Promise.reject(clientBodyError(new Error('request closed')))
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let bytes = 0
+    const finish = (err: GatewayError | null, ended: boolean): void => {
+      clearTimeout(timer)
+      raw.off('data', onData)
+      raw.off('end', onEnd)
+      raw.off('error', onError)
+      raw.off('close', onClose)
+      if (!ended) raw.pause()
+      if (err !== null) reject(err)
+      else resolve({ chunks, bytes, ended })
+    }
+    const timer = setTimeout(() => finish(clientTimeout(p.timeoutMs), false), p.timeoutMs)
+    const onData = (chunk: Buffer): void => {
+      chunks.push(chunk)
+      bytes += chunk.length
+      if (bytes > p.limit) finish(new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${p.limit} bytes`, { headers: CLOSE }), false)
+      else if (bytes > stopAfter) finish(null, false)
+    }
+    const onEnd = (): void => finish(null, true)
+    const onError = (err: Error): void => finish(clientBodyError(err), false)
+    // 'close' before 'end': the client hung up mid-upload.
+    const onClose = (): void => finish(clientBodyError(new Error('request closed')), false)
+    raw.on('data', onData)
+    raw.on('end', onEnd)
+    raw.on('error', onError)
+    raw.on('close', onClose)
+  })
+}
+
+// The rest of a refused body is never read: the connection closes after the answer.
+const CLOSE = { connection: 'close' }
+
+function clientTimeout (ms: number): GatewayError {
+  return new GatewayError('GW_CLIENT_TIMEOUT', `the request body was not received in time (${ms} ms)`, { headers: CLOSE })
+}
+
+/**
+ * A body pulled from the client only when an attempt starts sending it,
+ * after what was already read; each wait for the client's next chunk is
+ * bounded by the client-body timeout.
+ */
 class StreamedBody implements RequestBody {
   started = false
   readonly replayable = false
-  readonly #raw: Readable
-  readonly #limit: number
+  readonly #raw: IncomingMessage
+  readonly #head: Buffer[]
+  readonly #headBytes: number
+  readonly #p: BodyPolicy
 
-  constructor (raw: Readable, limit: number) {
+  constructor (raw: IncomingMessage, head: Buffer[], headBytes: number, p: BodyPolicy) {
     this.#raw = raw
-    this.#limit = limit
+    this.#head = head
+    this.#headBytes = headBytes
+    this.#p = p
   }
 
   open (): Readable {
@@ -169,24 +255,53 @@ class StreamedBody implements RequestBody {
 
   async * #pull (): AsyncGenerator<Buffer> {
     this.started = true
-    let n = 0
-    try {
-      for await (const chunk of this.#raw.iterator({ destroyOnReturn: false })) {
-        n += (chunk as Buffer).length
-        if (n > this.#limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${this.#limit} bytes`)
-        yield chunk as Buffer
+    const raw = this.#raw
+    const limit = this.#p.limit
+    for (const chunk of this.#head) yield chunk
+    let n = this.#headBytes
+    for (;;) {
+      const chunk = raw.read() as Buffer | null
+      if (chunk !== null) {
+        n += chunk.length
+        if (n > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`, { headers: CLOSE })
+        yield chunk
+        continue
       }
-    } catch (err) {
-      throw clientBodyError(err)
+      if (raw.readableEnded) return
+      if (!await nextChunk(raw, this.#p.timeoutMs)) return
     }
   }
 }
 
+/** Waits for the client's next chunk: true when there may be one, false at the end; rejects on a hang-up or the timeout. */
+function nextChunk (raw: IncomingMessage, ms: number): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const settle = (err: GatewayError | null, more: boolean): void => {
+      clearTimeout(timer)
+      raw.off('readable', onReadable)
+      raw.off('end', onEnd)
+      raw.off('error', onError)
+      raw.off('close', onClose)
+      if (err !== null) reject(err)
+      else resolve(more)
+    }
+    const timer = setTimeout(() => settle(clientTimeout(ms), false), ms)
+    const onReadable = (): void => settle(null, true)
+    const onEnd = (): void => settle(null, false)
+    const onError = (err: Error): void => settle(clientBodyError(err), false)
+    const onClose = (): void => settle(clientBodyError(new Error('request closed')), false)
+    raw.on('readable', onReadable)
+    raw.on('end', onEnd)
+    raw.on('error', onError)
+    raw.on('close', onClose)
+  })
+}
+
 /**
- * A request body that failed on the client's side (too large, or the client
- * hung up mid-upload) is a GatewayError: the origin group then knows it is
- * not the origin's fault (no breaker failure, no failover) and the client
- * error is not logged as an upstream failure.
+ * A request body that failed on the client's side (too large, too slow, or
+ * the client hung up mid-upload) is a GatewayError: the origin group then
+ * knows it is not the origin's fault (no breaker failure, no failover) and
+ * the client error is not logged as an upstream failure.
  */
 function clientBodyError (err: unknown): GatewayError {
   if (err instanceof GatewayError) return err

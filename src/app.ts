@@ -6,28 +6,30 @@
  */
 import { randomUUID } from 'node:crypto'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
-import pino, { type Logger } from 'pino'
+import type { Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
-import { Registry, type RegistryOptions } from './upstream/registry.js'
+import { Registry, type AdminChange, type RegistryOptions, type WorkersReport } from './upstream/registry.js'
 import type { LatticeOptions } from './lattice/resolver.js'
 import { usesLattice } from './lattice/uses.js'
 import { lazyChildLogger } from './child-logger.js'
+import { createLogger, logTransitions } from './log.js'
 import { Metrics } from './metrics.js'
 import { acceptRequestId } from './http.js'
 import errors from '../plugins/errors.js'
 import requestLog from '../plugins/request-log.js'
 import limits, { frontDoor } from '../plugins/limits.js'
 import overload from '../plugins/overload.js'
+import methods from '../plugins/methods.js'
 import proxyRoute from '../routes/proxy.js'
 import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 import uiRoutes from '../routes/ui.js'
-import type { AdminChange } from './cluster.js'
 import type { ControlPlane } from './fleet/control.js'
 import { LocalControlPlane } from './fleet/local.js'
 import { RolloutManager } from './rollout/rollout.js'
 import rolloutRoutes from '../routes/rollouts.js'
+import { WorkerRolloutBackend, type WorkerLinks } from './rollout/workers.js'
 
 export interface Gateway {
   app: FastifyInstance
@@ -54,36 +56,14 @@ export interface BuildOptions extends RegistryOptions {
   lattice?: LatticeOptions
   // --- multi-core (src/cluster.ts): set in cluster workers only ---
   /** Awaited after an admin call changed state here: applies the change in every other worker. */
-  adminChange?: (change: AdminChange) => Promise<void>
+  adminChange?: (change: AdminChange) => Promise<WorkersReport | undefined>
   /** Replaces this process's `/metrics` text (the whole cluster's, aggregated). */
   metricsText?: () => Promise<string>
+  /** Rollouts across the workers: the admin worker drives, the others follow (src/rollout/workers.ts). */
+  rolloutWorkers?: WorkerLinks
   /** The control plane of a cluster worker whose primary holds the fleet connection. */
   controlPlane?: (registry: Registry) => ControlPlane
   // --- end multi-core ---
-}
-
-/** Secrets never written to logs, wherever they appear. */
-export const REDACT = [
-  'req.headers.authorization', 'req.headers.cookie', 'req.headers["proxy-authorization"]',
-  'res.headers["set-cookie"]', 'headers.authorization', 'headers.cookie',
-  'token', '*.token', 'admin.token', 'credentials', '*.credentials', '*.secretAccessKey', '*.sessionToken',
-  // Hardening: raw bytes carried by parser errors (an upstream's answer, a client's request).
-  'err.data', 'err.rawPacket',
-  // Fleet: the store URL may carry a password.
-  'fleet.url', 'config.fleet.url'
-]
-
-export function createLogger (level: string, minLength = 8192): Logger {
-  // Buffered writes: a line per request must not cost a write(2) each.
-  // Lines wait at most 250 ms for 8 KiB to gather; what is left is written
-  // when the process exits. Synchronous writes of whole buffers cost less
-  // CPU than the thread-pool round trip of asynchronous ones.
-  // (Cluster workers share stdout and gather less: one write stays within
-  // PIPE_BUF, so lines of different workers never interleave.)
-  const dest = pino.destination({ dest: 1, sync: true, minLength })
-  setInterval(() => { dest.flush() }, 250).unref()
-  process.once('exit', () => { try { dest.flushSync() } catch {} })
-  return pino({ level, redact: { paths: REDACT, censor: '[redacted]' }, base: { service: 'lattice-gateway' } }, dest)
 }
 
 export async function buildGateway (config: GatewayConfig, opts: BuildOptions = {}): Promise<Gateway> {
@@ -105,7 +85,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   if (fleet !== null) metrics.bindFleet(fleet)
   // Rollouts (SPEC §11): weight changes through the control plane, one log line per transition.
   metrics.bindRollouts(registry)
-  const rollouts = new RolloutManager({ registry, control, onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
+  // With a fleet store (not in a cluster worker, whose primary holds the connection): one driver, state and counts in PostgreSQL.
+  const fleetPool = control.fleet?.pool ?? null
+  const rolloutBackend = config.fleet !== undefined && control.fleet !== undefined && fleetPool !== null
+    ? new (await import('./rollout/lease.js')).FleetRolloutBackend({ fleet: control.fleet, pool: fleetPool, registry, self: control.replicaId, url: config.fleet.url, heartbeatMs: config.fleet.heartbeatMs, logger })
+    : undefined
+  const backend = rolloutBackend ?? (opts.rolloutWorkers === undefined ? undefined : new WorkerRolloutBackend(registry, control.replicaId, opts.rolloutWorkers))
+  const rollouts = new RolloutManager({ registry, control, ...(backend === undefined ? {} : { backend }), onEnd: (service, result) => metrics.rollouts.labels(service, result).inc() })
   rollouts.on('rollout', (e) => {
     const { message, ...fields } = e
     logger[e.action === 'error' ? 'error' : 'warn']({ event: 'rollout', ...fields }, message)
@@ -136,11 +122,13 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   await app.register(overload, { server: config.server, metrics })
   for (const route of config.routes) {
     if (route.type === 'proxy') {
-      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes })
+      await app.register(proxyRoute, { route, service: registry.get(route.service)!, bodyLimit: config.server.bodyLimitBytes, bufferBytes: config.server.requestBufferBytes, bodyTimeoutMs: config.server.clientBodyTimeoutMs })
     } else {
       await app.register(aggregateRoute, { route, registry, metrics })
     }
   }
+  // Hostile clients: CONNECT, TRACE and methods no route serves get 405 (plugins/methods.ts).
+  await app.register(methods, { routes: config.routes })
 
   let phase: ListenerPhase = 'starting'
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
@@ -166,29 +154,18 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
       registry.start()
       lattice?.start(registry.origins)
       control.start()
+      rolloutBackend?.start(rollouts)
     },
     async close () {
       phase = 'stopping'
       await app.close()
       await admin.close()
       rollouts.close()
+      await rolloutBackend?.close()
       await control.close()
       // Lattice first: no address may be set on an origin being closed.
       await lattice?.close()
       await registry.close()
     }
   }
-}
-
-/** One log line per state transition, never per request. */
-function logTransitions (registry: Registry, logger: Logger): void {
-  registry.on('health', (e) => logger.warn({ event: 'origin_health', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, healthy: e.healthy, from: e.healthy ? 'unhealthy' : 'healthy', to: e.healthy ? 'healthy' : 'unhealthy', reason: e.reason }, `origin ${e.origin.label} is ${e.healthy ? 'healthy' : 'unhealthy'}`))
-  registry.on('breaker', (e) => logger.warn({ event: 'breaker', service: e.origin.service, deployment: e.origin.deployment, origin: e.origin.role, state: e.state, from: e.from, to: e.state, reason: e.reason }, `breaker of ${e.origin.label}: ${e.from} -> ${e.state}`))
-  registry.on('failover', (e) => logger.warn({ event: 'failover', service: e.service, deployment: e.deployment, kind: e.kind, from: e.from, to: e.to, reason: e.reason }, `${e.service}/${e.deployment}: ${e.kind} ${e.from} -> ${e.to}`))
-  registry.on('traffic', (e) => logger.warn({ event: 'traffic', service: e.service, from: e.from, to: e.to, changed: e.changed, by: e.by, version: e.version }, `${e.service}: traffic ${weights(e.from)} -> ${weights(e.to)} by ${e.by}${e.version === undefined ? '' : ` (version ${e.version})`}`))
-}
-
-/** `blue=0 green=100`, for log messages. */
-function weights (w: Readonly<Record<string, number>>): string {
-  return Object.entries(w).map(([dep, n]) => `${dep}=${n}`).join(' ')
 }

@@ -14,6 +14,8 @@ export const ErrorCodes = {
   GW_FORBIDDEN: 403,
   GW_NO_ROUTE: 404,
   GW_NOT_FOUND: 404,
+  GW_METHOD_NOT_ALLOWED: 405,
+  GW_CLIENT_TIMEOUT: 408,
   GW_CONFLICT: 409,
   GW_BODY_TOO_LARGE: 413,
   GW_SECTION_STATUS: 0, // the failing section's own 4xx status

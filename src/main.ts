@@ -71,7 +71,13 @@ async function main (argv: string[]): Promise<number> {
       return 1
     }
     const { migrateStore } = await import('./fleet/fleet.js')
-    return migrateStore(config.fleet, (line) => process.stdout.write(`${line}\n`), (line) => process.stderr.write(`${line}\n`))
+    const out = (line: string): void => { process.stdout.write(`${line}\n`) }
+    const err = (line: string): void => { process.stderr.write(`${line}\n`) }
+    const code = await migrateStore(config.fleet, out, err)
+    if (code !== 0) return code
+    // Rollouts (SPEC §11) keep their state in the same store.
+    const { migrateRolloutStore } = await import('./rollout/lease.js')
+    return migrateRolloutStore(config.fleet.url, out, err)
   }
   if (positionals.length > 0) {
     process.stderr.write(`unknown command "${positionals[0]}"\n${USAGE}\n`)

@@ -10,9 +10,9 @@
  * A worker that cannot start stops the whole gateway with its exit code.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { get } from 'node:http'
+import { get, createServer as createHttpServer } from 'node:http'
 import { createServer, type AddressInfo } from 'node:net'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
@@ -159,4 +159,75 @@ routes:
   t.equal(code, 2, 'exit code 2, as without workers')
   t.match(out, /exited before listening: stopping the gateway/, 'the primary says why')
   t.notMatch(out, /EPIPE|Unhandled/, 'no crash of the primary on the way out')
+})
+
+/** The pid of the local process whose TCP socket has local port `port` (Linux, through `ss`). */
+function pidOfLocalPort (port: number): number | null {
+  const out = execFileSync('ss', ['-tnpH', 'state', 'established', `( sport = :${port} )`], { encoding: 'utf8' })
+  const m = /pid=(\d+)/.exec(out)
+  return m === null ? null : Number(m[1])
+}
+
+t.test('workers: 2 — a failback a worker cannot make yet is pending there and applied once its primary is healthy', async (t) => {
+  // The primary's /health answers per worker: the test decides which worker processes see it healthy.
+  let healthyFor: (pid: number | null) => boolean = () => false
+  const primary = createHttpServer((req, res) => {
+    if (req.url === '/health') {
+      const ok = healthyFor(pidOfLocalPort(req.socket.remotePort!))
+      res.writeHead(ok ? 200 : 503).end()
+      return
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ name: 'primary' }))
+  })
+  await new Promise<void>((resolve) => primary.listen(0, '127.0.0.1', resolve))
+  const secondary = await startUpstream('secondary', (_req, res) => json(res, 200, { name: 'secondary' }))
+  t.teardown(async () => { primary.closeAllConnections(); primary.close(); await secondary.close() })
+  const config = writeConfig(t, `
+server: { host: 127.0.0.1, port: 0, workers: 2, shutdownGraceMs: 5000 }
+admin: { host: 127.0.0.1, port: 0, token: ${TOKEN} }
+services:
+  app:
+    failback: manual
+    healthCheck: { intervalMs: 100, timeoutMs: 2000, unhealthyThreshold: 1, healthyThreshold: 1 }
+    origins: { primary: http://127.0.0.1:${(primary.address() as AddressInfo).port}, secondary: ${secondary.url} }
+routes:
+  - { type: proxy, prefix: /app, service: app }
+`)
+  const { child, exited, lines, stderr, logged } = spawnGateway(config)
+  t.teardown(() => {
+    for (const l of lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  const alive = (): void => { if (child.exitCode !== null) throw new Error(`the gateway exited early (${child.exitCode}): ${stderr()}`) }
+  const workers = (): Map<number, number> => new Map(lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => [l.worker as number, l.workerPid as number]))
+  await until('both workers to listen', () => { alive(); return workers().size === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined })
+  const admin = logged(/^admin listening on (http:\/\/\S+)/)!
+  const adminLine = lines.find((l) => /^admin listening on/.test(String(l.msg)))!
+  const adminWorker = adminLine.worker as number
+  const adminPid = adminLine.pid as number
+  const other = [...workers()].find(([id]) => id !== adminWorker)!
+  const switched = (worker: number, to: string): boolean => lines.some((l) => l.event === 'failover' && l.worker === worker && l.to === to)
+  await until('both workers on the secondary', () => { alive(); return switched(adminWorker, 'secondary') && switched(other[0], 'secondary') ? true : undefined })
+
+  // The admin worker sees the primary healthy, the other worker does not.
+  healthyFor = (pid) => pid === adminPid
+  await until('the admin worker to see the primary healthy', () => { alive(); return lines.some((l) => l.event === 'origin_health' && l.worker === adminWorker && l.origin === 'primary' && l.healthy === true) ? true : undefined })
+  const res = await request(`${admin}/admin/services/app/deployments/default/failback`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } })
+  const body = await res.body.json() as { failedBack: boolean, workers: { applied: number[], pending: number[] } }
+  t.equal(res.statusCode, 200)
+  t.equal(body.failedBack, true)
+  t.same(body.workers, { applied: [adminWorker], pending: [other[0]] }, 'the answer says which worker applied it and which waits for its primary')
+  t.ok(await until('the pending line', () => lines.some((l) => l.event === 'failback_pending' && l.worker === other[0]) ? true : undefined, 5000), 'the waiting worker logs it')
+  t.notOk(switched(other[0], 'primary'), 'the other worker stays on the secondary while its primary is unhealthy')
+
+  // Its primary turns healthy: traffic moves there without another call.
+  healthyFor = () => true
+  await until('the other worker to fail back', () => { alive(); return switched(other[0], 'primary') ? true : undefined })
+  const fb = lines.find((l) => l.event === 'failover' && l.worker === other[0] && l.to === 'primary')!
+  t.equal(fb.kind, 'failback')
+  t.match(fb.reason, /operator failback/)
+
+  child.kill('SIGTERM')
+  const [code] = await exited
+  t.equal(code, 0)
 })

@@ -157,3 +157,40 @@ t.test('both origins killed: the client gets 502 GW_UPSTREAM_FAILED', async (t) 
   await g.waitForLog(isHealth('secondary', false))
   t.equal((await deployment(g)).active, 'primary', 'both down ends on the primary')
 })
+
+t.test('requestFailback (cluster workers, replicas): pending while the primary is unhealthy, applied once it is healthy, kept through later switches', async (t) => {
+  const { g, pri, sec } = await setup(t, { failback: 'manual' })
+  const group = g.gw.registry.get('product')!.groups.get('default')!
+  t.equal(group.requestFailback(), 'already', 'on the primary already')
+  t.equal(group.failbackPending, false)
+
+  pri.healthy = false
+  await g.waitForLog(isFailover('switch', 'secondary'))
+  t.equal(group.requestFailback(), 'pending', 'the primary is unhealthy here: pending')
+  t.equal(group.failbackPending, true)
+  t.throws(() => group.failback(), { code: 'GW_CONFLICT' }, 'the admin API still answers 409 in the process that holds it')
+
+  // A new failure on the way: both down moves traffic to the (unhealthy) primary, then back to the secondary.
+  sec.healthy = false
+  await g.waitForLog(isFailover('switch', 'primary'))
+  t.equal(group.failbackPending, true, 'reaching an unhealthy primary does not fulfil the request')
+  sec.healthy = true
+  const count = g.logs.filter(isFailover('switch', 'secondary')).length
+  await g.waitForLog((l) => isFailover('switch', 'secondary')(l) && g.logs.filter(isFailover('switch', 'secondary')).length > count)
+  t.equal(group.failbackPending, true, 'still pending after the switches')
+
+  pri.healthy = true
+  const fb = await g.waitForLog((l) => isFailover('failback', 'primary')(l))
+  t.match(fb, { from: 'secondary', to: 'primary', reason: /operator failback/ })
+  t.equal(group.failbackPending, false, 'fulfilled')
+  t.equal(group.active.role, 'primary')
+
+  // Fulfilled means gone: a later outage on a manual deployment stays on the secondary after recovery.
+  pri.healthy = false
+  await g.waitForLog((l) => isFailover('switch', 'secondary')(l) && g.logs.filter(isFailover('switch', 'secondary')).length > count + 1)
+  pri.healthy = true
+  await g.waitForLog((l) => isHealth('primary', true)(l) && g.logs.filter(isHealth('primary', true)).length >= 2)
+  t.equal(group.active.role, 'secondary', 'no stale request moves traffic back')
+  t.equal(group.requestFailback(), 'moved', 'a request with a healthy primary moves at once')
+  t.equal((await get(g)).name, 'primary')
+})

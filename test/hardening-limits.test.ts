@@ -89,7 +89,7 @@ t.test('slowloris: headers trickled slower than server.headersTimeoutMs are cut 
   t.not(r.ended, 'timeout', 'the gateway closed the connection')
   t.ok(r.ms < bytes.length * 50, `cut off after ${r.ms} ms, before the client finished`)
   t.equal(r.status, 408, 'answered 408')
-  t.equal(JSON.parse(r.body).code, 'GW_BAD_REQUEST')
+  t.equal(JSON.parse(r.body).code, 'GW_CLIENT_TIMEOUT')
 })
 
 t.test('slow body: a request not received within server.requestTimeoutMs is cut off', async (t) => {

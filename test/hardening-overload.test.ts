@@ -173,3 +173,42 @@ t.test('service.maxQueued: a slow service is capped; other routes are unaffected
   t.equal((await next).statusCode, 200, 'capacity comes back')
   await (await next).body.dump()
 })
+
+t.test('an aggregate section refused by the service bulkhead: 503 GW_OVERLOADED with Retry-After when required, null when optional', async (t) => {
+  const slow = await holdingUpstream('slow')
+  const fast = await startUpstream('fast', (_req, res) => json(res, 200, { name: 'fast' }))
+  const g = await startGateway({
+    server: { maxEventLoopDelayMs: 0 },
+    services: {
+      slow: fastService({ primary: slow.url }, { maxConnections: 1, maxQueued: 0, timeoutMs: 3000 }),
+      fast: fastService({ primary: fast.url })
+    },
+    routes: [
+      { type: 'proxy', prefix: '/slow', service: 'slow' },
+      { type: 'aggregate', path: '/required/:id', sections: { main: { service: 'slow', path: '/x/{id}', required: true }, extra: { service: 'fast', path: '/y/{id}' } } },
+      { type: 'aggregate', path: '/optional/:id', sections: { main: { service: 'fast', path: '/y/{id}', required: true }, extra: { service: 'slow', path: '/x/{id}' } } }
+    ]
+  }, { start: false })
+  t.teardown(async () => { slow.release(); await g.close(); await slow.close(); await fast.close() })
+
+  const origin = g.gw.registry.get('slow')!.groups.get('default')!.primary
+  const running = request(`${g.url}/slow/hold`)
+  await until('the slow service\'s one slot taken', () => slow.held.length === 1 && origin.inFlight === 1)
+
+  const res = await request(`${g.url}/required/1`)
+  const body = await res.body.json() as { code: string, section?: string }
+  t.equal(res.statusCode, 503, 'a required section refused by the bulkhead: 503, not 502')
+  t.equal(body.code, 'GW_OVERLOADED')
+  t.equal(body.section, 'main')
+  t.equal(res.headers['retry-after'], '3', 'Retry-After: the service timeout, in seconds')
+  t.equal(res.headers['x-aggregate-failed'], 'main')
+
+  const opt = await request(`${g.url}/optional/1`)
+  const merged = await opt.body.json() as Record<string, unknown>
+  t.equal(opt.statusCode, 200, 'an optional section refused by the bulkhead: the aggregate still answers')
+  t.equal(merged.extra, null, 'the refused optional section is null')
+  t.equal(slow.held.length, 1, 'no refused call reached the slow upstream')
+
+  slow.release()
+  await (await running).body.dump()
+})

@@ -279,6 +279,11 @@ function requiredFailure (s: SectionPlan, r: SectionResult): GatewayError {
   const headers = failedHeaders(s.key)
   const where = `section ${s.key} (service ${s.serviceName})`
   const opts = { section: s.key, headers, cause: r.cause ?? undefined }
+  // The service's bulkhead refused the call (nothing was sent): the
+  // gateway sheds load, 503 with the bulkhead's Retry-After.
+  if (r.cause instanceof GatewayError && r.cause.code === 'GW_OVERLOADED') {
+    return new GatewayError('GW_OVERLOADED', `${where}: ${r.cause.message}`, { ...opts, headers: { ...headers, ...r.cause.headers } })
+  }
   switch (r.outcome) {
     case 'client_error':
       return new GatewayError('GW_SECTION_STATUS', `${where} answered ${r.status}`, { ...opts, statusCode: r.status })

@@ -47,6 +47,12 @@ export const ServerSchema = closed({
   /** `Retry-After` (seconds) on every 503 GW_OVERLOADED. */
   retryAfterSeconds: Type.Integer({ minimum: 0, default: 1 }),
   // --- end hardening ---
+  // --- hostile clients (SPEC §17, README "Hostile clients") ---
+  /** Request bodies up to this size are read in full before any origin is contacted; larger ones are streamed. */
+  requestBufferBytes: Type.Integer({ minimum: 0, default: 65536 }),
+  /** How long the gateway waits for a request body: the whole of a buffered one, the gap between two chunks of a streamed one. Then 408 GW_CLIENT_TIMEOUT. */
+  clientBodyTimeoutMs: Ms(1, 10000),
+  // --- end hostile clients ---
   /** Worker processes sharing the public port (node:cluster); `auto`: one per core. 1: no cluster at all. */
   workers: Type.Union([Type.Integer({ minimum: 1 }), Type.Literal('auto')], { default: 1 }),
   logLevel: Type.Union([Type.Literal('fatal'), Type.Literal('error'), Type.Literal('warn'), Type.Literal('info'), Type.Literal('debug'), Type.Literal('trace'), Type.Literal('silent')], { default: 'info' })

@@ -36,7 +36,10 @@ export function demoConfig (env: NodeJS.ProcessEnv = process.env): GatewayConfig
           green: { primary: 'http://127.0.0.1:9203' }
         },
         traffic: { blue: 100, green: 0 },
-        sticky: { header: 'x-user-id' }
+        sticky: { header: 'x-user-id' },
+        // Short steps so a rollout is quick to watch (SPEC §11 defaults are 60 s and 50 requests).
+        rollout: { steps: [10, 50, 100], stepIntervalMs: 5000, analysis: { minRequests: 20 } },
+        preview: { header: 'x-preview-deployment' }
       },
       inventory: { healthCheck, origins: { primary: 'http://127.0.0.1:9301', secondary: 'http://127.0.0.1:9302' } }
     },
@@ -73,6 +76,20 @@ Blue/green (review): shift to green, watch "version", then roll back:
   curl -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":50,"green":50}' ${a}/admin/services/review/traffic
   for u in alice bob carol dave; do curl -s -H "x-user-id: $u" ${g}/api/reviews?productId=1; echo; done
   curl -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":100,"green":0}' ${a}/admin/services/review/traffic
+
+Rollout (review blue -> green in steps 10, 50, 100 every 5 s; keep traffic flowing meanwhile):
+  while true; do curl -s -o /dev/null ${g}/api/reviews?productId=1; done &     # stop it with: kill %1
+  curl -s -H 'x-preview-deployment: green' ${g}/api/reviews?productId=1   # preview green before it gets traffic
+  curl -s -X POST ${auth} -H 'content-type: application/json' -d '{"to":"green"}' ${a}/admin/services/review/rollouts
+  curl -s ${auth} ${a}/admin/services/review/rollout          # status, step, analyses; "promoted" after ~15 s
+  curl -s ${auth} ${a}/admin/services/review/history          # every step a versioned change, source "rollout"
+A bad release, rolled back (first put blue back; green then fails 30 %, GETs are shielded):
+  curl -s -X PUT ${auth} -H 'content-type: application/json' -d '{"blue":100,"green":0}' ${a}/admin/services/review/traffic
+  curl -s -X POST 127.0.0.1:9203/__demo/fail?rate=0.3
+  curl -s -X POST ${auth} -H 'content-type: application/json' -d '{"to":"green"}' ${a}/admin/services/review/rollouts
+  curl -s ${auth} ${a}/admin/services/review/rollout          # "rolled_back", reason "error rate 0.3 > 0.01"
+  curl -s ${a}/metrics | grep gateway_rollout                  # shielded requests, rollouts by result
+  curl -s -X POST 127.0.0.1:9203/__demo/recover
 
 Ctrl-C stops the gateway and every demo upstream.
 `

@@ -6,6 +6,9 @@
  *
  * Each origin obeys a few control calls, for drills:
  *   POST /__demo/fail      answer 503 to everything, /health included
+ *   POST /__demo/fail?rate=0.3  answer 503 to that share of requests (a bad
+ *                          release: /health stays 200, so only a rollout's
+ *                          analysis notices)
  *   POST /__demo/recover   answer normally again
  *   POST /__demo/down?ms=N close the port for N ms (default 15000), as if the process died
  */
@@ -74,6 +77,8 @@ export class DemoUpstream {
   readonly #server: Server
   readonly #sockets = new Set<Socket>()
   #failing = false
+  /** Share of requests answered 503 (0: none); /health is spared. */
+  #failRate = 0
   #downTimer: NodeJS.Timeout | null = null
 
   constructor (origin: DemoOrigin) {
@@ -108,11 +113,19 @@ export class DemoUpstream {
     req.on('end', () => {
       const url = new URL(req.url ?? '/', 'http://demo')
       if (url.pathname === '/__demo/fail' && req.method === 'POST') {
+        const rate = url.searchParams.get('rate')
+        if (rate !== null) {
+          const r = Number(rate)
+          if (!(r >= 0 && r <= 1)) return send(res, 400, { message: 'rate must be a number from 0 to 1' })
+          this.#failRate = r
+          return send(res, 200, { origin: this.origin.name, mode: 'failing', rate: r })
+        }
         this.#failing = true
         return send(res, 200, { origin: this.origin.name, mode: 'failing' })
       }
       if (url.pathname === '/__demo/recover' && req.method === 'POST') {
         this.#failing = false
+        this.#failRate = 0
         return send(res, 200, { origin: this.origin.name, mode: 'ok' })
       }
       if (url.pathname === '/__demo/down' && req.method === 'POST') {
@@ -123,6 +136,7 @@ export class DemoUpstream {
       }
       if (this.#failing) return send(res, 503, { message: 'demo failure mode', servedBy: this.origin.name })
       if (url.pathname === '/health') return send(res, 200, { status: 'ok', origin: this.origin.name })
+      if (this.#failRate > 0 && Math.random() < this.#failRate) return send(res, 503, { message: 'demo failure rate', servedBy: this.origin.name })
       answer(this.origin, req, res, body)
     })
   }

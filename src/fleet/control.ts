@@ -19,6 +19,7 @@
  */
 import type { Pool } from 'pg'
 import { GatewayError } from '../errors.js'
+import type { WorkersReport } from '../upstream/registry.js'
 
 /** Who made a change: an operator through the admin API, or a rollout's driver. */
 export type ChangeSource = 'admin' | 'rollout'
@@ -122,7 +123,7 @@ export interface ControlPlane {
    */
   changeTraffic(change: TrafficChange): Promise<ChangeResult>
   /** An operator failback of a `manual` deployment, on every replica (each applies it when its own primary is healthy). */
-  failback(service: string, deployment: string, by: string): Promise<{ failedBack: boolean, fleet?: FleetApply }>
+  failback(service: string, deployment: string, by: string): Promise<{ failedBack: boolean, fleet?: FleetApply, workers?: WorkersReport }>
   /** The last 100 changes of a service, newest first. */
   history(service: string): Promise<HistoryEntry[]>
   /**

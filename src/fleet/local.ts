@@ -14,14 +14,14 @@ import { hostname } from 'node:os'
 import { GatewayError } from '../errors.js'
 import type { Registry } from '../upstream/registry.js'
 import type { Service } from '../upstream/service.js'
-import type { AdminChange } from '../cluster.js'
+import type { AdminChange, WorkersReport } from '../upstream/registry.js'
 import { HISTORY_LIMIT, type ChangeResult, type ControlPlane, type HistoryEntry, type TrafficChange } from './control.js'
 
 export interface LocalControlOptions {
   /** Default `<host>:<pid>`. */
   replicaId?: string
   /** Cluster workers: applies a change in every other worker; awaited before a change resolves. */
-  broadcast?: ((change: AdminChange) => Promise<void>) | undefined
+  broadcast?: ((change: AdminChange) => Promise<WorkersReport | undefined>) | undefined
 }
 
 /** The service a change names, or GW_NOT_FOUND. */
@@ -44,7 +44,7 @@ export function versionConflict (service: string, expected: number, actual: numb
 export class LocalControlPlane implements ControlPlane {
   readonly replicaId: string
   readonly #registry: Registry
-  readonly #broadcast: ((change: AdminChange) => Promise<void>) | null
+  readonly #broadcast: ((change: AdminChange) => Promise<WorkersReport | undefined>) | null
   readonly #versions = new Map<string, number>()
   readonly #history = new Map<string, HistoryEntry[]>()
   #guard: ((change: TrafficChange) => void) | null = null
@@ -84,14 +84,15 @@ export class LocalControlPlane implements ControlPlane {
     return { version, weights: to }
   }
 
-  async failback (serviceName: string, deployment: string, _by: string): Promise<{ failedBack: boolean }> {
+  async failback (serviceName: string, deployment: string, _by: string): Promise<{ failedBack: boolean, workers?: WorkersReport }> {
     const service = serviceOf(this.#registry, serviceName)
     const group = service.groups.get(deployment)
     if (group === undefined) throw new GatewayError('GW_NOT_FOUND', `service ${service.name} has no deployment "${deployment}"`)
     const failedBack = group.failback()
     // Every worker holds its own active origin: the other workers fail back even when this one was already there.
-    if (this.#broadcast !== null) await this.#broadcast({ kind: 'failback', service: service.name, deployment: group.deployment })
-    return { failedBack }
+    // A worker whose own checks still see the primary unhealthy fails back as soon as they see it healthy ("pending").
+    const workers = this.#broadcast === null ? undefined : await this.#broadcast({ kind: 'failback', service: service.name, deployment: group.deployment })
+    return workers === undefined ? { failedBack } : { failedBack, workers }
   }
 
   async history (service: string): Promise<HistoryEntry[]> {

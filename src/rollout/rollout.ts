@@ -106,6 +106,8 @@ export interface RolloutBackend {
    * (0: nothing stored); otherwise throws GW_CONFLICT (it changed elsewhere).
    */
   save(state: RolloutState, expectedRev: number): Promise<void>
+  /** The stored state of a service's rollout, when it is kept outside this process (re-read before every decision). */
+  load?(service: string): Promise<RolloutState | null>
 }
 
 /** A rollout event: one log line each. */
@@ -246,7 +248,19 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
       }
       this.#states.set(serviceName, state)
       this.#event(state, 'start', `rollout ${state.id} of ${serviceName}: ${from} -> ${to} in steps ${state.steps.join(', ')} every ${state.stepIntervalMs} ms (by ${by})`)
-      await this.#applyStep(state)
+      try {
+        await this.#applyStep(state)
+      } catch (err) {
+        // The weights could not move (the store went down): no rollout is left running.
+        this.#clearTimer(serviceName)
+        await this.#commit(state, (d) => {
+          d.status = 'aborted'
+          d.weight = 0
+          d.reason = `the first step's weights could not be applied: ${err instanceof Error ? err.message : String(err)}`
+        }).catch(() => {})
+        service.setRolloutTap(null)
+        throw err
+      }
       return view(this.#states.get(serviceName)!)
     })
   }
@@ -325,6 +339,11 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
         this.#event(state, 'error', `rollout ${state.id} of ${state.service}: ${err instanceof Error ? err.message : String(err)}`)
       })
     }
+  }
+
+  /** This process stopped driving (its lease was lost): its timers stop; the next driver continues. */
+  halt (): void {
+    for (const name of [...this.#timers.keys()]) this.#clearTimer(name)
   }
 
   /** Stops every timer (the rollouts stay where they are; a restarted driver continues them). */
@@ -463,8 +482,15 @@ export class RolloutManager extends EventEmitter<{ rollout: [RolloutEvent] }> {
     const timer = setTimeout(() => {
       this.#timers.delete(s.service)
       void this.#serial(s.service, async () => {
-        const current = this.#states.get(s.service)
+        let current = this.#states.get(s.service)
         if (current === undefined || current.id !== id) return
+        // Another replica may have changed it (paused, promoted, aborted) since this one last read it.
+        const stored = await this.#backend.load?.(s.service)
+        if (stored !== undefined && stored !== null && (stored.id !== current.id || stored.rev > current.rev)) {
+          this.#states.set(s.service, stored)
+          if (stored.id !== id || !ACTIVE.has(stored.status)) return
+          current = stored
+        }
         await this.#tick(current)
       }).catch((err: unknown) => {
         // The store is down, say: nothing moved; try again shortly.

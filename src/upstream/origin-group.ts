@@ -78,9 +78,10 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   readonly primary: Origin
   readonly secondary: Origin | null
   readonly failbackMode: FailbackMode
-  /** Set by the metrics plugin: counts stateless retries. */
+  /** Set by src/metrics.ts (Metrics.bind): counts stateless retries. */
   onRetry: ((from: Origin, to: Origin, reason: string) => void) | null = null
   #active: Origin
+  #failbackRequested = false
 
   constructor (service: string, deployment: string, primary: Origin, secondary: Origin | null, failback: FailbackMode) {
     super()
@@ -103,6 +104,9 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   /** True when some origin of this deployment is healthy. */
   get healthy (): boolean { return this.primary.healthy || (this.secondary?.healthy ?? false) }
 
+  /** An operator failback waits for this group's primary to turn healthy. */
+  get failbackPending (): boolean { return this.#failbackRequested }
+
   /**
    * Returns a `manual` deployment to its primary. Throws GW_CONFLICT when the
    * primary is not healthy (traffic would only move straight back).
@@ -111,8 +115,28 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   failback (): boolean {
     if (this.#active === this.primary) return false
     if (!this.primary.healthy) throw new GatewayError('GW_CONFLICT', `the primary of ${this.service}/${this.deployment} is not healthy; failback refused`)
+    return this.requestFailback() === 'moved'
+  }
+
+  /**
+   * An operator failback that never fails: 'moved' (traffic is on the
+   * primary now), 'already' (it was), or 'pending' — the primary is not
+   * healthy as this process sees it, and traffic moves there as soon as it
+   * is. A pending request outlives later switches and failures; only
+   * reaching a healthy primary fulfils it. Used where each process holds
+   * its own view of health (cluster workers, fleet replicas).
+   */
+  requestFailback (): 'moved' | 'already' | 'pending' {
+    if (this.#active === this.primary) {
+      this.#failbackRequested = false
+      return 'already'
+    }
+    if (!this.primary.healthy) {
+      this.#failbackRequested = true
+      return 'pending'
+    }
     this.#moveTo(this.primary, 'failback', 'operator failback')
-    return true
+    return 'moved'
   }
 
   /**
@@ -152,6 +176,8 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
     if (s === null) return
     if (this.#active === p) {
       if (!p.healthy && s.healthy) this.#moveTo(s, 'switch', reason)
+    } else if (p.healthy && this.#failbackRequested && s.healthy) {
+      this.#moveTo(p, 'failback', `operator failback (requested while the primary was unhealthy); ${reason}`)
     } else if (p.healthy && (this.failbackMode === 'auto' || !s.healthy)) {
       this.#moveTo(p, s.healthy ? 'failback' : 'switch', reason)
     } else if (!p.healthy && !s.healthy) {
@@ -163,11 +189,13 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   #moveTo (to: Origin, kind: FailoverKind, reason: string): void {
     const from = this.#active
     this.#active = to
+    // Only a healthy primary fulfils an operator's failback request.
+    if (to === this.primary && to.healthy) this.#failbackRequested = false
     this.emit('failover', { service: this.service, deployment: this.deployment, kind, from: from.role, to: to.role, reason })
   }
 }
 
-/** One attempt on one origin, bounded by the service's `timeoutMs` from connect to last byte. */
+/** One attempt on one origin, bounded by the service's `timeoutMs` from the request sent (connect, for a bodiless or buffered one) to the answer's last byte. */
 async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean): Promise<UpstreamResponse> {
   const dispatcher = origin.dispatcher
   if (dispatcher === null) {
@@ -194,7 +222,18 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (controller !== null) controller.abort(reason)
       else pendingAbort = reason
     }
-    const timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort)
+    // The deadline covers the origin's time only (SPEC §17): with a streamed
+    // body it starts once the body's last byte was handed to the origin's
+    // connection — while the client trickles, the origin is not late.
+    // (undici 7's handler API has no request-sent callback — its
+    // UnwrapHandler drops onRequestSent — but it writes each chunk to the
+    // socket as the stream delivers it, pausing the stream on backpressure,
+    // so the stream's 'end' is that moment.)
+    const payload = req.body === null ? null : req.body.open()
+    let timer: NodeJS.Timeout | null = null
+    const arm = (): void => { if (!finished) timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort) }
+    if (payload !== null && typeof payload !== 'string' && !Buffer.isBuffer(payload)) payload.once('end', arm)
+    else arm()
     const onCallerAbort = (): void => abort(caller?.reason as Error)
     caller?.addEventListener('abort', onCallerAbort, { once: true })
     // Releases the attempt's slot and timer once the origin is done with it.
@@ -202,7 +241,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (finished) return
       finished = true
       origin.inFlight--
-      clearTimeout(timer)
+      if (timer !== null) clearTimeout(timer)
       caller?.removeEventListener('abort', onCallerAbort)
     }
     body.onFinish(done)
@@ -245,7 +284,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
         method: req.method as Dispatcher.HttpMethod,
         path: req.path,
         headers: req.headers,
-        body: req.body === null ? null : req.body.open()
+        body: payload
       }, handler)
     } catch (err) {
       failed(err as Error)

@@ -19,6 +19,20 @@ export interface BreakerEvent {
   reason: string
 }
 
+/**
+ * A state change made through the admin API. With `server.workers` > 1 it
+ * is applied in every worker (src/cluster.ts).
+ */
+export type AdminChange =
+  | { kind: 'traffic', service: string, weights: Record<string, number>, by: string, version?: number }
+  | { kind: 'failback', service: string, deployment: string }
+
+/** Which cluster workers (node:cluster ids) made an admin change, and which will once their primary is healthy. */
+export interface WorkersReport {
+  applied: number[]
+  pending: number[]
+}
+
 export interface RegistryOptions {
   /** Wraps every origin's pools (e.g. SigV4 signing for `auth: iam`). */
   decorate?: (spec: OriginSpec) => DispatcherDecorator | undefined

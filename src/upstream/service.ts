@@ -17,6 +17,13 @@
  * move nobody. With three or more deployments a user only moves between
  * deployments whose ranges border in config order. Requests without the
  * key are spread by weight at random.
+ *
+ * Rollouts (SPEC §11) add two decisions here, both compiled or set once:
+ * a preview header naming a deployment (with its token, if configured)
+ * picks that deployment whatever its weight; and while a rollout is active
+ * (`setRolloutTap`, a null check otherwise) every by-weight request's
+ * outcome is recorded per deployment, and with `shield` an idempotent
+ * request that failed on the candidate is re-sent once to the baseline.
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { EventEmitter } from 'node:events'

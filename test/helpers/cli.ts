@@ -46,6 +46,8 @@ export interface GatewayChild {
   exited: Promise<[number | null, NodeJS.Signals | null]>
   /** Every log line so far, parsed. */
   lines: Array<Record<string, unknown>>
+  /** Every stdout line so far, as written. */
+  raw: string[]
   stderr(): string
   /** The first capture group (or the whole match) of the first log message matching `re`. */
   logged(re: RegExp): string | undefined
@@ -56,18 +58,24 @@ export function spawnGateway (configFile: string, env: NodeJS.ProcessEnv = child
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts', '--config', configFile], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
   const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
   const lines: Array<Record<string, unknown>> = []
+  const raw: string[] = []
   let stderr = ''
   let partial = ''
   child.stdout.setEncoding('utf8').on('data', (d: string) => {
     const parts = (partial + d).split('\n')
     partial = parts.pop()!
-    for (const p of parts) if (p.trim() !== '') lines.push(JSON.parse(p) as Record<string, unknown>)
+    for (const p of parts) {
+      if (p.trim() === '') continue
+      raw.push(p)
+      lines.push(JSON.parse(p) as Record<string, unknown>)
+    }
   })
   child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d })
   return {
     child,
     exited,
     lines,
+    raw,
     stderr: () => stderr,
     logged (re) {
       for (const l of lines) {

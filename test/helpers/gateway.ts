@@ -7,7 +7,9 @@ import { Writable } from 'node:stream'
 import type { AddressInfo } from 'node:net'
 import pino from 'pino'
 import { validateConfig } from '../../src/config/load.js'
-import { buildGateway, REDACT, type Gateway, type BuildOptions } from '../../src/app.js'
+import { buildGateway, type Gateway, type BuildOptions } from '../../src/app.js'
+import { loggerOptions } from '../../src/log.js'
+import { duplicateKeys } from './json-keys.js'
 
 export interface TestGateway {
   gw: Gateway
@@ -28,11 +30,15 @@ export async function startGateway (raw: Record<string, unknown>, opts: Omit<Bui
   const admin = { ...(raw.admin as object | undefined), host: '127.0.0.1', port: 0 }
   const config = validateConfig({ ...raw, server, admin }, 'test config')
   const logs: Array<Record<string, unknown>> = []
+  const duplicated: string[] = []
   const waiters: Array<{ pred: (l: Record<string, unknown>) => boolean, resolve: (l: Record<string, unknown>) => void }> = []
   const sink = new Writable({
     write (chunk: Buffer, _enc, cb) {
       for (const line of chunk.toString('utf8').split('\n')) {
         if (line === '') continue
+        // SPEC §16: no key twice in a line, at any level; reported by close().
+        const dups = duplicateKeys(line)
+        if (dups.length > 0) duplicated.push(`${dups.join(', ')} in ${line}`)
         const parsed = JSON.parse(line) as Record<string, unknown>
         logs.push(parsed)
         for (let i = waiters.length - 1; i >= 0; i--) {
@@ -42,7 +48,8 @@ export async function startGateway (raw: Record<string, unknown>, opts: Omit<Bui
       cb()
     }
   })
-  const logger = pino({ level: 'debug', redact: { paths: REDACT, censor: '[redacted]' } }, sink)
+  // The real process's logger options, on a capturing stream.
+  const logger = pino(loggerOptions('debug'), sink)
   const gw = await buildGateway(config, { ...opts, logger })
   await gw.admin.listen({ host: '127.0.0.1', port: 0 })
   await gw.app.listen({ host: '127.0.0.1', port: 0 })
@@ -63,7 +70,10 @@ export async function startGateway (raw: Record<string, unknown>, opts: Omit<Bui
         waiters.push({ pred, resolve: (l) => { clearTimeout(t); resolve(l) } })
       })
     },
-    close: () => gw.close()
+    async close () {
+      await gw.close()
+      if (duplicated.length > 0) throw new Error(`log lines with a key twice: ${duplicated.join('\n')}`)
+    }
   }
 }
 
