@@ -7,8 +7,8 @@
  * (an inline script) nor a CDN.
  *
  * The assets are read, rewritten and compressed once, on the first request
- * for the console: a gateway whose console nobody opens spends nothing on
- * it. `<build>` is a digest of every asset, so everything under it is cached
+ * for the console (compression in the thread pool, off the event loop): a
+ * gateway whose console nobody opens spends nothing on it. `<build>` is a digest of every asset, so everything under it is cached
  * as immutable; `index.html` is revalidated (ETag) on every load, so a new
  * version of the package is picked up at once.
  *
@@ -23,7 +23,8 @@ import { existsSync, readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { brotliCompressSync, constants as zlib, gzipSync } from 'node:zlib'
+import { promisify } from 'node:util'
+import { brotliCompress, constants as zlib, gzip } from 'node:zlib'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { GatewayError } from '../src/errors.js'
 
@@ -118,19 +119,31 @@ function extOf (path: string): string {
   return i === -1 ? '' : path.slice(i)
 }
 
-function makeAsset (path: string, text: string): Asset {
+const brotliAsync = promisify(brotliCompress)
+const gzipAsync = promisify(gzip)
+
+/**
+ * Compression runs in libuv's thread pool: brotli at quality 11 takes a
+ * few hundred milliseconds for these files, which must not stall the event
+ * loop the proxied requests share.
+ */
+async function makeAsset (path: string, text: string): Promise<Asset> {
   const identity = Buffer.from(text, 'utf8')
+  const [br, gz] = await Promise.all([
+    brotliAsync(identity, { params: { [zlib.BROTLI_PARAM_QUALITY]: 11, [zlib.BROTLI_PARAM_SIZE_HINT]: identity.length } }),
+    gzipAsync(identity, { level: 9 })
+  ])
   return {
     type: TYPES[extOf(path)] ?? 'application/octet-stream',
     etag: `"${createHash('sha256').update(identity).digest('base64url').slice(0, 22)}"`,
     identity,
-    br: brotliCompressSync(identity, { params: { [zlib.BROTLI_PARAM_QUALITY]: 11, [zlib.BROTLI_PARAM_SIZE_HINT]: identity.length } }),
-    gzip: gzipSync(identity, { level: 9 })
+    br,
+    gzip: gz
   }
 }
 
 /** Reads every asset, names the build by their digest, compresses each once. */
-function buildBundle (dir: string): Bundle {
+async function buildBundle (dir: string): Promise<Bundle> {
   const sources = new Map<string, string>()
   for (const name of ['app.js', 'style.css']) sources.set(name, readFileSync(join(dir, name), 'utf8'))
   for (const [name, text] of vendorFiles()) sources.set(name, text)
@@ -139,9 +152,10 @@ function buildBundle (dir: string): Bundle {
   const build = digest.digest('hex').slice(0, 12)
   const html = readFileSync(join(dir, 'index.html'), 'utf8')
   if (!html.includes('%BUILD%')) throw new Error('ui/index.html must reference its assets under /ui/%BUILD%/')
-  const files = new Map<string, Asset>()
-  for (const [name, text] of sources) files.set(name, makeAsset(name, text))
-  return { build, index: makeAsset('index.html', html.replaceAll('%BUILD%', build)), files }
+  const names = [...sources.keys()]
+  const assets = await Promise.all(names.map((name) => makeAsset(name, sources.get(name)!)))
+  const files = new Map(names.map((name, i) => [name, assets[i]!]))
+  return { build, index: await makeAsset('index.html', html.replaceAll('%BUILD%', build)), files }
 }
 
 /** br, then gzip, then none, by the client's `Accept-Encoding` (q=0 honoured). */
@@ -175,9 +189,14 @@ function send (request: FastifyRequest, reply: FastifyReply, asset: Asset, cache
 }
 
 export default async function uiRoutes (fastify: FastifyInstance, opts: UiRouteOptions): Promise<void> {
-  let bundle: Bundle | null = null
-  const load = (): Bundle => {
-    if (bundle === null) bundle = buildBundle(opts.dir ?? findUiDir())
+  // Built once, on the first request; concurrent first requests share it. A
+  // failed build (assets missing) is not kept: the next request tries again.
+  let bundle: Promise<Bundle> | null = null
+  const load = (): Promise<Bundle> => {
+    if (bundle === null) {
+      bundle = buildBundle(opts.dir ?? findUiDir())
+      bundle.catch(() => { bundle = null })
+    }
     return bundle
   }
 
@@ -185,10 +204,10 @@ export default async function uiRoutes (fastify: FastifyInstance, opts: UiRouteO
     return reply.redirect('/ui/', 308)
   })
   fastify.get('/ui/', { config: { label: '/ui/' } }, async (request, reply) => {
-    return send(request, reply, load().index, 'no-cache')
+    return send(request, reply, (await load()).index, 'no-cache')
   })
   fastify.get<{ Params: { build: string, '*': string } }>('/ui/:build/*', { config: { label: '/ui/:build/*' } }, async (request, reply) => {
-    const b = load()
+    const b = await load()
     const asset = request.params.build === b.build ? b.files.get(request.params['*']) : undefined
     if (asset === undefined) throw new GatewayError('GW_NOT_FOUND', `no console asset ${request.url.split('?')[0]}`)
     return send(request, reply, asset, 'public, max-age=31536000, immutable')
