@@ -269,6 +269,17 @@ function track (name: string, proc: ChildProcess): ChildHandle {
   return handle
 }
 
+/**
+ * Starts a program that is not a bench helper (e.g. nginx as a baseline)
+ * on the server CPU, stopped with every other child when the runner ends.
+ */
+export function startProgram (name: string, cmd: string, args: string[], opts: { cwd?: string } = {}): ChildHandle & { stderrTail: () => string } {
+  const [c, argv] = pinning.enabled ? ['taskset', ['-c', pinning.serverCpu, cmd, ...args]] : [cmd, args]
+  const proc = spawn(c, argv, { cwd: opts.cwd ?? ROOT, stdio: ['ignore', 'ignore', 'pipe'] })
+  const h = track(name, proc)
+  return Object.assign(h, { stderrTail: keepTail(proc) })
+}
+
 /** Stops every child this process started (gracefully, then by force). */
 export async function stopAll (): Promise<void> {
   await Promise.all([...children].map((c) => c.stop()))
@@ -369,6 +380,8 @@ export interface UpstreamOptions {
   status?: number
   /** Pin to the server CPU (default true). */
   pin?: boolean
+  /** Answer a request with a body only once the whole body is in (default false: at once). */
+  readBody?: boolean
 }
 
 export interface UpstreamState { name: string, requests: number, latencyMs: number, status: number, healthy: boolean, failRate?: number }
@@ -384,6 +397,7 @@ export interface Upstream extends Helper {
 export async function startUpstream (opts: UpstreamOptions = {}): Promise<Upstream> {
   const name = opts.name ?? 'upstream'
   const args = ['--name', name, '--latency', String(opts.latencyMs ?? 0), '--bytes', String(opts.bytes ?? 1024), '--status', String(opts.status ?? 200)]
+  if (opts.readBody === true) args.push('--read-body')
   const h = await startHelper('upstream-server', args, { name, pin: opts.pin })
   const call = async (method: 'GET' | 'PUT', body?: string): Promise<UpstreamState> => {
     const res = await request(`${h.url}/__bench`, { method, body, headers: { 'content-type': 'application/json' } })

@@ -14,7 +14,7 @@ import { pathToFileURL } from 'node:url'
 import { ROOT, ensureBuilt, pinSelfToLoadCpu, pinning, stopAll } from './lib.js'
 
 /** Every scenario, in the order `all` runs them. */
-export const SCENARIOS = ['passthrough', 'aggregate', 'failover', 'cutover', 'soak', 'workers', 'rollout'] as const
+export const SCENARIOS = ['passthrough', 'aggregate', 'failover', 'cutover', 'soak', 'workers', 'attack', 'fleet', 'rollout'] as const
 
 const COMMON_FLAGS = new Set(['--duration', '--reps', '--connections', '--warmup'])
 

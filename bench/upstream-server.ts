@@ -6,7 +6,7 @@
  * from its compiled form (dist/bench/upstream-server.js) so it runs
  * without a TypeScript loader.
  *
- *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE]
+ *   node upstream-server.js [--name N] [--latency MS] [--bytes N] [--status CODE] [--read-body]
  *
  * Protocol with the parent: the first stdout line is `{"port":N,"pid":P}`;
  * the process exits when its stdin closes (the bench runner died) or on
@@ -30,7 +30,9 @@ const { values } = parseArgs({
     name: { type: 'string', default: 'upstream' },
     latency: { type: 'string', default: '0' },
     bytes: { type: 'string', default: '1024' },
-    status: { type: 'string', default: '200' }
+    status: { type: 'string', default: '200' },
+    // Answer a request with a body only once the whole body is in (as a service that parses it does).
+    'read-body': { type: 'boolean', default: false }
   }
 })
 
@@ -95,7 +97,13 @@ const server = createServer((req, res) => {
   if (url === '/__bench') { control(req, res); return }
   requests++
   // A request body (POST scenarios) is drained before answering, as a real service would.
-  if (req.method !== 'GET' && req.method !== 'HEAD') req.resume()
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    req.resume()
+    if (values['read-body'] === true) {
+      req.once('end', () => { if (state.latencyMs > 0) setTimeout(answer, state.latencyMs, res); else answer(res) })
+      return
+    }
+  }
   if (state.latencyMs > 0) setTimeout(answer, state.latencyMs, res)
   else answer(res)
 })

@@ -39,14 +39,21 @@ function served (routes: readonly RouteConfig[]): Map<string, { methods: Set<str
     for (const m of methods) entry.methods.add(m)
     map.set(url, entry)
   }
+  const prefixes: string[] = []
   for (const r of routes) {
     if (r.type === 'proxy') {
       const prefix = r.prefix.replace(/\/+$/, '')
+      prefixes.push(prefix)
       add(prefix === '' ? '/' : prefix, PROXY_METHODS, r.prefix)
       add(`${prefix}/*`, PROXY_METHODS, r.prefix)
-    } else {
-      add(r.path, r.method === 'GET' ? ['GET', 'HEAD'] : [r.method], r.path)
     }
+  }
+  for (const r of routes) {
+    if (r.type === 'proxy') continue
+    add(r.path, r.method === 'GET' ? ['GET', 'HEAD'] : [r.method], r.path)
+    // An aggregate path inside a proxy prefix: the proxy serves its other
+    // methods there (the router prefers the aggregate's static path).
+    if (prefixes.some((p) => r.path === p || r.path.startsWith(`${p}/`))) add(r.path, PROXY_METHODS, r.path)
   }
   return map
 }

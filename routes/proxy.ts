@@ -2,11 +2,14 @@
  * Pass-through proxy routes (`type: proxy`): everything under `prefix` is
  * streamed to the service, the prefix rewritten and the query kept.
  *
- * The body is not parsed: it stays on the socket and is pulled by the
- * upstream attempt. A body that may need sending twice (the method is in
- * the service's `retry.methods`) is buffered, bounded by the body limit;
- * any other body is streamed, and the origin group knows whether a byte of
- * it left (a POST is re-sent only when its first connection never opened).
+ * The body is not parsed. A body up to `server.requestBufferBytes`, and
+ * one that may need sending twice (the method is in the service's
+ * `retry.methods`; bounded by the body limit), is read in full before any
+ * origin is contacted (SPEC §17: a slow client holds no upstream
+ * connection and is never an origin's failure). A larger body stays on the
+ * socket and is pulled by the upstream attempt, and the origin group knows
+ * whether a byte of it left (a POST is re-sent only when its first
+ * connection never opened).
  */
 import type { IncomingMessage } from 'node:http'
 import { Readable } from 'node:stream'

@@ -5,6 +5,7 @@
  * does, and tests call `buildGateway()` directly.
  */
 import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import type { GatewayConfig } from './config/schema.js'
@@ -26,6 +27,7 @@ import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 import uiRoutes from '../routes/ui.js'
 import type { ControlPlane } from './fleet/control.js'
+import type { FleetEvents } from './fleet/fleet.js'
 import { LocalControlPlane } from './fleet/local.js'
 import { RolloutManager } from './rollout/rollout.js'
 import rolloutRoutes from '../routes/rollouts.js'
@@ -78,11 +80,12 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   metrics.bind(registry)
   logTransitions(registry, logger)
   // Fleet (src/fleet/fleet.ts): loaded only when configured, like the AWS SDK.
-  const fleet = config.fleet === undefined || opts.controlPlane !== undefined
+  const custom = opts.controlPlane?.(registry) ?? null
+  const fleet = config.fleet === undefined || custom !== null
     ? null
     : await import('./fleet/fleet.js').then((m) => new m.FleetControlPlane(config.fleet!, m.registryTarget(registry, logger), logger))
-  const control: ControlPlane = opts.controlPlane?.(registry) ?? fleet ?? new LocalControlPlane(registry, { broadcast: opts.adminChange })
-  if (fleet !== null) metrics.bindFleet(fleet)
+  const control: ControlPlane = custom ?? fleet ?? new LocalControlPlane(registry, { broadcast: opts.adminChange })
+  if (control.fleet !== undefined && control instanceof EventEmitter) metrics.bindFleet(control as EventEmitter<FleetEvents>)
   // Rollouts (SPEC §11): weight changes through the control plane, one log line per transition.
   metrics.bindRollouts(registry)
   // With a fleet store (not in a cluster worker, whose primary holds the connection): one driver, state and counts in PostgreSQL.

@@ -23,6 +23,9 @@
  * - SIGTERM/SIGINT to the primary: every worker drains (today's drain), the
  *   primary exits 0 once all are gone. A worker that dies otherwise is
  *   restarted (and logged); one that cannot start stops the whole gateway.
+ * - With `fleet` (src/fleet/cluster-fleet.ts) the primary holds the one
+ *   store connection of this replica: workers hand it their control-plane
+ *   calls, and it applies every fleet change in all workers.
  */
 import cluster, { type Worker } from 'node:cluster'
 import client from 'prom-client'
@@ -33,6 +36,8 @@ import { createLogger } from './log.js'
 import type { AdminChange, WorkersReport } from './upstream/registry.js'
 import type { RolloutState } from './rollout/rollout.js'
 import type { Counts } from './rollout/window.js'
+import { WorkerFleetPlane, clusterTarget, serveControl, type ControlReply, type ControlRequest, type FleetStatus } from './fleet/cluster-fleet.js'
+import type { FleetControlPlane } from './fleet/fleet.js'
 
 type Weights = Record<string, Record<string, number>>
 /** An operator failback of one deployment. */
@@ -52,6 +57,7 @@ type Up =
   | { lgw: 'rollout', state: RolloutState }
   | { lgw: 'counts', id: number, service: string, rollout: string }
   | { lgw: 'counted', id: number, key: string, counts: Record<string, Counts> | null }
+  | { lgw: 'control', id: number, req: ControlRequest }
 
 /** Primary -> worker. */
 type Down =
@@ -63,6 +69,8 @@ type Down =
   | { lgw: 'counts', id: number, counts: Record<string, Record<string, Counts>> }
   | { lgw: 'count', id: number, service: string, rollout: string }
   | { lgw: 'stop' }
+  | { lgw: 'control', id: number, reply: ControlReply }
+  | { lgw: 'fleet', status: FleetStatus }
 
 const ADMIN_ENV = 'LATTICE_GATEWAY_ADMIN_WORKER'
 /** How long the primary waits for the other workers to apply a change. */
@@ -102,7 +110,9 @@ export function workerRole (config: GatewayConfig): WorkerRole {
   // prom-client answers the primary's metrics requests from this registry list.
   void new client.AggregatorRegistry()
   let seq = 0
-  const waiting = new Map<number, (m: Down & { lgw: 'done' | 'metrics' | 'counts' }) => void>()
+  const waiting = new Map<number, (m: Down & { lgw: 'done' | 'metrics' | 'counts' | 'control' }) => void>()
+  let plane: WorkerFleetPlane | null = null
+  let fleetStatus: FleetStatus | null = null
   let gw: Gateway | null = null
   let gotState: ((m: Down & { lgw: 'state' }) => void) | null = null
   /** Failback requests waiting here for a primary to turn healthy ("service\0deployment"). */
@@ -115,7 +125,7 @@ export function workerRole (config: GatewayConfig): WorkerRole {
   }
   let stopHandler: ((reason: string) => void) | null = null
 
-  const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' | 'counts' }) => T): Promise<T> => {
+  const ask = <T>(m: (id: number) => Up, then: (reply: Down & { lgw: 'done' | 'metrics' | 'counts' | 'control' }) => T): Promise<T> => {
     const n = ++seq
     return new Promise<T>((resolve) => {
       waiting.set(n, (reply) => { waiting.delete(n); resolve(then(reply)) })
@@ -137,8 +147,10 @@ export function workerRole (config: GatewayConfig): WorkerRole {
         break
       }
       case 'done':
+      case 'control':
       case 'metrics':
       case 'counts': waiting.get(m.id)?.(m); break
+      case 'fleet': fleetStatus = m.status; plane?.status(m.status); break
       case 'rollout': if (gw !== null) void gw.rollouts.sync([m.state]); break
       case 'count': {
         // This worker's window counts of a rollout, for the admin worker's analysis.
@@ -170,7 +182,18 @@ export function workerRole (config: GatewayConfig): WorkerRole {
         driving: process.env[ADMIN_ENV] === '1',
         broadcast: async (state) => { send({ lgw: 'rollout', state }) },
         counts: (service, rollout) => ask((n) => ({ lgw: 'counts', id: n, service, rollout }), (reply) => reply.lgw === 'counts' ? reply.counts : {})
-      }
+      },
+      // Fleet: the primary holds the store; this worker's control plane asks it.
+      ...(config.fleet === undefined
+        ? {}
+        : {
+            controlPlane: (registry) => {
+              plane = new WorkerFleetPlane(registry, config.fleet!.name, (req) => ask((n) => ({ lgw: 'control', id: n, req }), (reply): ControlReply =>
+                reply.lgw === 'control' ? reply.reply : { ok: false, code: 'GW_INTERNAL', statusCode: 500, message: 'no answer from the cluster primary' }))
+              if (fleetStatus !== null) plane.status(fleetStatus)
+              return plane
+            }
+          })
     },
     async prepare (g) {
       client.AggregatorRegistry.setRegistries([g.metrics.registry])
@@ -235,8 +258,46 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
   let seq = 0
   let stopping = false
   let code = 0
+  // Fleet: this replica's one store connection, in the primary (src/fleet/cluster-fleet.ts).
+  let fleet: FleetControlPlane | null = null
+  let liveReplicas = 0
+  const fleetStatus = (): FleetStatus | null => fleet === null ? null : { replicaId: fleet.replicaId, connected: fleet.connected, loaded: fleet.loaded, replicas: liveReplicas }
+  const sendStatus = (to: Iterable<Worker>): void => {
+    const status = fleetStatus()
+    if (status !== null) for (const w of to) if (w.isConnected()) w.send({ lgw: 'fleet', status } satisfies Down)
+  }
+  /** Applies a fleet change in every worker; resolves once all applied it (or left), or after APPLY_TIMEOUT_MS. */
+  const applyEverywhere = (change: AdminChange): Promise<void> => new Promise<void>((resolve) => {
+    if (change.kind === 'traffic') {
+      traffic[change.service] = change.weights
+      if (change.version !== undefined) versions[change.service] = change.version
+    }
+    const all = [...synced].filter((x) => x.isConnected())
+    if (all.length === 0) { resolve(); return }
+    const n = ++seq
+    const timer = setTimeout(() => {
+      const p = pending.get(n)
+      if (p === undefined) return
+      pending.delete(n)
+      log.warn({ workers: [...p.left].map((x) => x.id), change }, 'cluster: workers did not confirm a fleet change in time')
+      resolve()
+    }, APPLY_TIMEOUT_MS)
+    pending.set(n, { left: new Set(all), applied: [], pending: [], finish: () => { clearTimeout(timer); resolve() } })
+    for (const x of all) x.send({ lgw: 'apply', id: n, change } satisfies Down)
+  })
+  if (config.fleet !== undefined) {
+    const fleetConfig = config.fleet
+    void import('./fleet/fleet.js').then((m) => {
+      if (stopping) return
+      const f = new m.FleetControlPlane(fleetConfig, clusterTarget(config, applyEverywhere), log)
+      fleet = f
+      f.on('connection', () => sendStatus(synced))
+      f.on('replicas', (n) => { liveReplicas = n; sendStatus(synced) })
+      f.start()
+    })
+  }
 
-  return new Promise<number>((resolve) => {
+  const run = new Promise<number>((resolve) => {
     /** A worker that left confirms nothing more: stop waiting for it. */
     const settle = (w: Worker): void => {
       for (const [n, p] of pending) {
@@ -272,6 +333,7 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
         case 'sync':
           synced.add(w)
           for (const f of failbacks.values()) f.waiting.add(w)
+          sendStatus([w])
           w.send({ lgw: 'state', traffic, versions, failbacks: [...failbacks.values()].map(({ service, deployment }) => ({ service, deployment })) } satisfies Down)
           break
         case 'failback-done': {
@@ -350,6 +412,12 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
           if (p.left.delete(w) && p.left.size === 0) { counting.delete(m.id); p.finish() }
           break
         }
+        case 'control': {
+          const answer = (reply: ControlReply): void => { if (w.isConnected()) w.send({ lgw: 'control', id: m.id, reply } satisfies Down) }
+          if (fleet === null) answer({ ok: false, code: 'GW_FLEET_UNAVAILABLE', statusCode: 503, message: 'the fleet store is not connected yet' })
+          else void serveControl(fleet, m.req).then(answer)
+          break
+        }
         case 'metrics':
           aggregator.clusterMetrics().then(
             (text) => { if (w.isConnected()) w.send({ lgw: 'metrics', id: m.id, text } satisfies Down) },
@@ -403,5 +471,10 @@ export function runPrimary (config: GatewayConfig, workers: number): Promise<num
     process.on('SIGTERM', () => stopAll('SIGTERM'))
     process.on('SIGINT', () => stopAll('SIGINT'))
     for (let i = 0; i < workers; i++) fork(i === 0)
+  })
+  // The replica leaves the fleet's live set as the last workers go.
+  return run.then(async (exitCode) => {
+    await fleet?.close()
+    return exitCode
   })
 }

@@ -11,6 +11,7 @@ import t from 'tap'
 import { request } from 'undici'
 import { GatewayError } from '../src/errors.js'
 import { migrateStore } from '../src/fleet/fleet.js'
+import { validateConfig } from '../src/config/load.js'
 import { startGateway, type TestGateway } from './helpers/gateway.js'
 import { startPostgres, type TestPostgres } from './helpers/postgres.js'
 import { until } from './helpers/cli.js'
@@ -18,6 +19,8 @@ import { TOKEN, adminGet, client, colourOf, colourUpstream, cutoverConfig, cutov
 import type { TestUpstream } from './helpers/upstream.js'
 
 t.teardown(() => client.close())
+// A real PostgreSQL and several gateways on a machine shared with other test files: room to finish.
+t.setTimeout(180000)
 
 let pg: TestPostgres
 let blue: TestUpstream
@@ -31,7 +34,7 @@ t.before(async () => {
 })
 t.teardown(async () => { await blue?.close(); await green?.close() })
 
-const fleetOf = (url: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ url, name: 'test', heartbeatMs: 100, applyTimeoutMs: 5000, ...extra })
+const fleetOf = (url: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({ url, name: 'test', heartbeatMs: 250, applyTimeoutMs: 5000, ...extra })
 
 async function replica (t: { teardown(fn: () => unknown): void }, fleet: Record<string, unknown>, traffic: Record<string, number> = { blue: 100, green: 0 }): Promise<TestGateway> {
   const g = await startGateway({ ...cutoverConfig(cutoverService({ blue: { primary: blue.url }, green: { primary: green.url } }, { traffic })), fleet })
@@ -39,7 +42,7 @@ async function replica (t: { teardown(fn: () => unknown): void }, fleet: Record<
   return g
 }
 
-const loaded = (g: TestGateway): Promise<true> => until('the fleet state to load', () => g.gw.control.fleet?.connected === true ? true : undefined)
+const loaded = (g: TestGateway): Promise<true> => until('the fleet state to load', () => g.gw.control.fleet?.connected === true ? true : undefined, 30000)
 
 async function put (adminUrl: string, body: unknown, ifMatch?: string): Promise<{ status: number, body: Record<string, unknown> }> {
   const headers: Record<string, string> = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }
@@ -209,4 +212,17 @@ t.test('two replicas starting at once on an empty database create the schema onc
   const r = await put(b.adminUrl, { green: 100 })
   t.equal(r.status, 200)
   t.same((r.body.fleet as { applied: string[] }).applied.length, 2)
+})
+
+t.test('config: fleet keys, defaults and checks; a wrong URL is reported without its value', async (t) => {
+  const base = { services: { a: { origins: { primary: 'http://127.0.0.1:1' } } } }
+  t.same(validateConfig({ ...base, fleet: { url: 'postgres://u:p@h/db' } }).fleet, { url: 'postgres://u:p@h/db', name: 'default', applyTimeoutMs: 3000, heartbeatMs: 1000 })
+  t.equal(validateConfig(base).fleet, undefined, 'no fleet: no key')
+  t.throws(() => validateConfig({ ...base, fleet: {} }), /fleet\.url: is required/)
+  t.throws(() => validateConfig({ ...base, fleet: { url: 'postgres://x', heartbeatMs: 5 } }), /fleet\.heartbeatMs: must be >= 10/)
+  t.throws(() => validateConfig({ ...base, fleet: { url: 'postgres://x', name: 'a b' } }), /fleet\.name/)
+  let message = ''
+  try { validateConfig({ ...base, fleet: { url: 'mysql://admin:hunter2@db/x' } }) } catch (err) { message = (err as Error).message }
+  t.match(message, /fleet\.url: must be a postgres:\/\/ or postgresql:\/\/ URL/)
+  t.notMatch(message, /hunter2/, 'the password is not echoed')
 })

@@ -97,7 +97,7 @@ t.test('one driver sums the other replica\'s counts; killed mid-rollout, the oth
   })
   t.teardown(async () => { stop = true; await Promise.all(loops) })
 
-  const started = await adminCall(other.admin, 'POST', '/admin/services/review/rollouts', { to: 'green', steps: [20, 50, 100], stepIntervalMs: 1500, analysis: { minRequests: 10, maxP99Ratio: 50 } })
+  const started = await adminCall(other.admin, 'POST', '/admin/services/review/rollouts', { to: 'green', steps: [20, 50, 100], stepIntervalMs: 3000, analysis: { minRequests: 10, maxP99Ratio: 50 } })
   t.equal(started.status, 201, 'started on the replica that does not drive')
 
   // The first analysis passes on counts only the other replica has: the driver summed them.

@@ -380,6 +380,8 @@ function describe (e: ValueError): string {
     case ValueErrorType.StringMinLength: return 'must not be empty'
     case ValueErrorType.StringFormat: return s.format === 'uri' ? `must be a URL, e.g. http://127.0.0.1:4566 (got ${show(e.value)})` : `must be a ${String(s.format)} (got ${show(e.value)})`
     case ValueErrorType.StringPattern:
+      // fleet.url: the value may carry a password, so it is never echoed.
+      if (s.pattern === '^postgres(ql)?://') return 'must be a postgres:// or postgresql:// URL (the value is not shown: it may hold a password)'
       if (s.pattern !== '^/' && s.pattern !== '^(/.*)?$') return `must match ${String(s.pattern)} (got ${show(e.value)})`
       // `.` stops at a line break: "/a\nb" starts with "/" and still fails.
       return typeof e.value === 'string' && e.value.startsWith('/') ? `must not contain a line break (got ${show(e.value)})` : `must start with "/" (got ${show(e.value)})`

@@ -208,13 +208,14 @@ export class FleetControlPlane extends EventEmitter<FleetEvents> implements Cont
     this.#closing = true
     for (const t of this.#timers) clearInterval(t)
     for (const wake of this.#wakers) wake()
+    // A heartbeat still in flight must not land after the row is removed.
+    await this.#writing?.catch(() => {})
     // Leave the live set at once rather than after 3 heartbeats.
     if (this.#connected) await store.leave(this.pool, this.name, this.replicaId).catch(() => {})
     const l = this.#listener
     this.#listener = null
     this.#connected = false
     await l?.end().catch(() => {})
-    await this.#writing?.catch(() => {})
     await this.pool.end().catch(() => {})
   }
 
@@ -470,13 +471,11 @@ export function registryTarget (registry: Registry, logger: Logger): FleetTarget
       if (g !== undefined && g.active !== g.primary && !g.primary.healthy) throw new GatewayError('GW_CONFLICT', `the primary of ${service}/${deployment} is not healthy; failback refused`)
     },
     async failback (service, deployment) {
-      try {
-        return group(service, deployment)?.failback() ?? false
-      } catch (err) {
-        // This replica's primary is not healthy: it stays where its own health checks put it.
-        logger.warn({ event: 'fleet_failback', service, deployment, err: { message: err instanceof Error ? err.message : String(err) } }, `fleet: failback of ${service}/${deployment} not applied here: ${err instanceof Error ? err.message : String(err)}`)
-        return false
-      }
+      const result = group(service, deployment)?.requestFailback()
+      // This replica's primary is not healthy as its own checks see it: the
+      // request waits here and traffic moves once the primary is healthy.
+      if (result === 'pending') logger.info({ event: 'failback_pending', service, deployment }, `fleet: failback of ${service}/${deployment} pending here until the primary is healthy`)
+      return result === 'moved'
     }
   }
 }

@@ -148,8 +148,10 @@ export interface Commit {
  */
 export async function commitTraffic (pool: Pool, c: Commit, same: (a: Record<string, number>, b: Record<string, number>) => boolean): Promise<StoredWeights & { from: Record<string, number>, changed: boolean }> {
   return transaction(pool, async (q) => {
-    await q.query('INSERT INTO lattice_gateway_versions (fleet, service, version, weights) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING', [c.fleet, c.service, JSON.stringify(c.initial)])
-    const cur = await q.query<{ version: string, weights: Record<string, number> }>('SELECT version, weights FROM lattice_gateway_versions WHERE fleet = $1 AND service = $2 FOR UPDATE', [c.fleet, c.service])
+    // One round trip: the row (version 1 = these config weights when there is none yet), locked until COMMIT.
+    const cur = await q.query<{ version: string, weights: Record<string, number> }>(
+      `INSERT INTO lattice_gateway_versions AS v (fleet, service, version, weights) VALUES ($1, $2, 1, $3)
+       ON CONFLICT (fleet, service) DO UPDATE SET fleet = v.fleet RETURNING v.version, v.weights`, [c.fleet, c.service, JSON.stringify(c.initial)])
     const version = Number(cur.rows[0]!.version)
     const from = cur.rows[0]!.weights
     if (c.ifMatch !== undefined && c.ifMatch !== version) {
@@ -157,12 +159,14 @@ export async function commitTraffic (pool: Pool, c: Commit, same: (a: Record<str
     }
     if (same(from, c.next)) return { service: c.service, version, weights: from, from, changed: false }
     const next = version + 1
-    await q.query('UPDATE lattice_gateway_versions SET version = $3, weights = $4, updated_at = now() WHERE fleet = $1 AND service = $2', [c.fleet, c.service, next, JSON.stringify(c.next)])
-    await q.query('INSERT INTO lattice_gateway_history (fleet, service, version, source, from_w, to_w, replica, by_whom, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)',
-      [c.fleet, c.service, next, c.source, JSON.stringify(from), JSON.stringify(c.next), c.replica, c.by, c.reason])
-    await q.query('DELETE FROM lattice_gateway_history WHERE fleet = $1 AND service = $2 AND version <= $3', [c.fleet, c.service, next - HISTORY_KEPT])
     const notice: Notice = { fleet: c.fleet, kind: 'traffic', service: c.service, version: next, weights: c.next, replica: c.replica }
-    await q.query('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(notice)])
+    // One round trip: the new version, its history row, the history beyond 100 trimmed, the notification (sent at COMMIT).
+    await q.query(
+      `WITH u AS (UPDATE lattice_gateway_versions SET version = $3, weights = $4, updated_at = now() WHERE fleet = $1 AND service = $2),
+            h AS (INSERT INTO lattice_gateway_history (fleet, service, version, source, from_w, to_w, replica, by_whom, reason) VALUES ($1, $2, $3, $5, $6, $4, $7, $8, $9)),
+            d AS (DELETE FROM lattice_gateway_history WHERE fleet = $1 AND service = $2 AND version <= $3 - ${HISTORY_KEPT})
+       SELECT pg_notify($10, $11)`,
+      [c.fleet, c.service, next, JSON.stringify(c.next), c.source, JSON.stringify(from), c.replica, c.by, c.reason, CHANNEL, JSON.stringify(notice)])
     return { service: c.service, version: next, weights: c.next, from, changed: true }
   })
 }
@@ -212,19 +216,17 @@ export interface Heartbeat {
 
 /** Upserts this replica's row (a heartbeat, or a report of what it applied). */
 export async function beat (pool: Pool, h: Heartbeat, notify: boolean): Promise<void> {
-  const sql = `INSERT INTO lattice_gateway_replicas (fleet, id, host, pid, started_at, last_seen_at, versions, failback, stats)
+  const upsert = `INSERT INTO lattice_gateway_replicas (fleet, id, host, pid, started_at, last_seen_at, versions, failback, stats)
     VALUES ($1, $2, $3, $4, $5, now(), $6, $7, $8)
     ON CONFLICT (fleet, id) DO UPDATE SET last_seen_at = now(), versions = EXCLUDED.versions, failback = EXCLUDED.failback, stats = EXCLUDED.stats`
   const params = [h.fleet, h.id, h.host, h.pid, h.startedAt, JSON.stringify(h.versions), h.failback, h.stats === undefined ? null : JSON.stringify(h.stats)]
   if (!notify) {
-    await pool.query(sql, params)
+    await pool.query(upsert, params)
     return
   }
-  await transaction(pool, async (q) => {
-    await q.query(sql, params)
-    const notice: Notice = { fleet: h.fleet, kind: 'applied', replica: h.id }
-    await q.query('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(notice)])
-  })
+  // One statement (its own transaction): the row, then the notification waiting admin calls wake on.
+  const notice: Notice = { fleet: h.fleet, kind: 'applied', replica: h.id }
+  await pool.query(`WITH b AS (${upsert}) SELECT pg_notify($9, $10)`, [...params, CHANNEL, JSON.stringify(notice)])
 }
 
 /** Removes the rows of replicas silent for more than `ms`. */

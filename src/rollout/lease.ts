@@ -126,7 +126,8 @@ export class FleetRolloutBackend implements RolloutBackend {
         const s = manager.state(name)
         if (tap !== null && s !== undefined) rollouts[name] = { id: s.id, counts: tap.window.counts() }
       }
-      return { rollouts }
+      // Nothing to publish without an active rollout (the replica entry then has no stats).
+      return Object.keys(rollouts).length === 0 ? null : { rollouts }
     })
     this.#timer = setInterval(() => { void this.#beat() }, this.#heartbeatMs)
     this.#timer.unref()

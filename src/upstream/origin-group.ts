@@ -195,7 +195,7 @@ export class OriginGroup extends EventEmitter<{ failover: [FailoverEvent] }> {
   }
 }
 
-/** One attempt on one origin, bounded by the service's `timeoutMs` from the request sent (connect, for a bodiless or buffered one) to the answer's last byte. */
+/** One attempt on one origin, bounded by the service's `timeoutMs` of the origin's time, from connect to the answer's last byte. */
 async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean): Promise<UpstreamResponse> {
   const dispatcher = origin.dispatcher
   if (dispatcher === null) {
@@ -222,18 +222,29 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (controller !== null) controller.abort(reason)
       else pendingAbort = reason
     }
-    // The deadline covers the origin's time only (SPEC §17): with a streamed
-    // body it starts once the body's last byte was handed to the origin's
-    // connection — while the client trickles, the origin is not late.
-    // (undici 7's handler API has no request-sent callback — its
-    // UnwrapHandler drops onRequestSent — but it writes each chunk to the
-    // socket as the stream delivers it, pausing the stream on backpressure,
-    // so the stream's 'end' is that moment.)
+    // The deadline covers the origin's time only (SPEC §17): time spent
+    // waiting for a slow client to send its body is never the origin being
+    // late. With a streamed body it runs until the stream starts flowing
+    // (connected, head sent), while the origin holds the stream back
+    // (backpressure: undici pauses it), and from the body's last byte
+    // handed over to the answer's end. (undici 7's handler API has no
+    // request-sent callback — its UnwrapHandler drops onRequestSent — but
+    // it writes each chunk to the socket as the stream delivers it, so the
+    // stream's 'pause', 'resume' and 'end' are those moments.)
     const payload = req.body === null ? null : req.body.open()
     let timer: NodeJS.Timeout | null = null
-    const arm = (): void => { if (!finished) timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort) }
-    if (payload !== null && typeof payload !== 'string' && !Buffer.isBuffer(payload)) payload.once('end', arm)
-    else arm()
+    const arm = (): void => { if (!finished && timer === null) timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort) }
+    const disarm = (): void => {
+      if (timer === null) return
+      clearTimeout(timer)
+      timer = null
+    }
+    arm()
+    if (payload !== null && typeof payload !== 'string' && !Buffer.isBuffer(payload)) {
+      payload.on('resume', disarm)
+      payload.on('pause', arm)
+      payload.once('end', arm)
+    }
     const onCallerAbort = (): void => abort(caller?.reason as Error)
     caller?.addEventListener('abort', onCallerAbort, { once: true })
     // Releases the attempt's slot and timer once the origin is done with it.
@@ -241,7 +252,7 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
       if (finished) return
       finished = true
       origin.inFlight--
-      if (timer !== null) clearTimeout(timer)
+      disarm()
       caller?.removeEventListener('abort', onCallerAbort)
     }
     body.onFinish(done)
