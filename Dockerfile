@@ -23,6 +23,7 @@ RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist/src ./dist/src
 COPY --from=build /app/dist/routes ./dist/routes
 COPY --from=build /app/dist/plugins ./dist/plugins
+COPY ui ./ui
 # The image's `node` user (uid 1000) owns nothing it could rewrite.
 USER node
 EXPOSE 8080 9901

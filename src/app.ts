@@ -28,6 +28,7 @@ import aggregateRoute from '../routes/aggregate.js'
 import healthRoutes, { type ListenerPhase } from '../routes/health.js'
 import adminRoutes from '../routes/admin.js'
 import type { Tracing } from './tracing/types.js'
+import uiRoutes from '../routes/ui.js'
 import type { ControlPlane } from './fleet/control.js'
 import type { FleetEvents } from './fleet/fleet.js'
 import { LocalControlPlane } from './fleet/local.js'
@@ -159,6 +160,7 @@ export async function buildGateway (config: GatewayConfig, opts: BuildOptions = 
   const admin = Fastify({ loggerInstance: logger.child({ listener: 'admin' }) as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }), genReqId, requestIdHeader: false, forceCloseConnections: true })
   await admin.register(errors)
   await admin.register(requestLog, { metrics: null, redactQueryParams: config.server.redactQueryParams })
+  await admin.register(uiRoutes, {})
   await admin.register(healthRoutes, { registry, metrics, phase: () => phase, metricsText: opts.metricsText, unready: control.fleet === undefined ? undefined : () => control.fleet!.loaded ? [] : ['fleet'] })
   await admin.register(adminRoutes, { registry, token: config.admin.token, control })
   await admin.register(rolloutRoutes, { rollouts, token: config.admin.token })
