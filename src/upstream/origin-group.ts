@@ -213,132 +213,94 @@ async function attempt (origin: Origin, req: UpstreamRequest, policy: SendPolicy
   }
   origin.inFlight++
   return new Promise<UpstreamResponse>((resolve, reject) => {
-    const a = new Attempt(origin, req, policy, retried, resolve, reject)
+    const body = new UpstreamBody()
+    let controller: Dispatcher.DispatchController | null = null
+    let pendingAbort: Error | null = null
+    let responded = false
+    let finished = false
+    const abort = (reason: Error): void => {
+      if (controller !== null) controller.abort(reason)
+      else pendingAbort = reason
+    }
+    // The deadline covers the origin's time only (SPEC §17): time spent
+    // waiting for a slow client to send its body is never the origin being
+    // late. With a streamed body it runs until the stream starts flowing
+    // (connected, head sent), while the origin holds the stream back
+    // (backpressure: undici pauses it), and from the body's last byte
+    // handed over to the answer's end. (undici 7's handler API has no
+    // request-sent callback — its UnwrapHandler drops onRequestSent — but
+    // it writes each chunk to the socket as the stream delivers it, so the
+    // stream's 'pause', 'resume' and 'end' are those moments.)
+    const payload = req.body === null ? null : req.body.open()
+    let timer: NodeJS.Timeout | null = null
+    const arm = (): void => { if (!finished && timer === null) timer = setTimeout(abortOnDeadline, policy.timeoutMs, abort) }
+    const disarm = (): void => {
+      if (timer === null) return
+      clearTimeout(timer)
+      timer = null
+    }
+    arm()
+    if (payload !== null && typeof payload !== 'string' && !Buffer.isBuffer(payload)) {
+      payload.on('resume', disarm)
+      payload.on('pause', arm)
+      payload.once('end', arm)
+    }
+    const onCallerAbort = (): void => abort(caller?.reason as Error)
+    caller?.addEventListener('abort', onCallerAbort, { once: true })
+    // Releases the attempt's slot and timer once the origin is done with it.
+    const done = (): void => {
+      if (finished) return
+      finished = true
+      origin.inFlight--
+      disarm()
+      caller?.removeEventListener('abort', onCallerAbort)
+    }
+    body.onFinish(done)
+    const failed = (err: Error): void => {
+      done()
+      // A request body that failed on its own (too large) is not the origin's fault.
+      if (!isOwnError(err)) {
+        const kind = classifyUpstreamError(err)
+        origin.report(kind === 'connect' ? 'connect_error' : kind)
+      }
+      reject(err)
+    }
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart (c) {
+        controller = c
+        if (pendingAbort !== null) c.abort(pendingAbort)
+      },
+      onResponseStart (c, statusCode, headers) {
+        responded = true
+        body.attach(c)
+        origin.report(statusCode >= 500 ? 'error_status' : 'ok')
+        resolve({ statusCode, headers, body, origin, retried })
+      },
+      onResponseData (_c, chunk) { body.push(chunk) },
+      onResponseEnd () {
+        done()
+        body.end()
+      },
+      onResponseError (_c, err) {
+        if (!responded) {
+          failed(err)
+          return
+        }
+        done()
+        body.fail(err)
+      }
+    }
     try {
       dispatcher.dispatch({
         method: req.method as Dispatcher.HttpMethod,
         path: req.path,
         headers: req.headers,
-        body: a.payload
-      }, a)
+        body: payload
+      }, handler)
     } catch (err) {
-      a.failed(err as Error)
+      failed(err as Error)
     }
   })
-}
-
-/**
- * One attempt's state and undici dispatch handler: one object per attempt
- * where closures would be one each. Its methods are the attempt's steps.
- *
- * The deadline covers the origin's time only (SPEC §17): time spent
- * waiting for a slow client to send its body is never the origin being
- * late. With a streamed body it runs until the stream starts flowing
- * (connected, head sent), while the origin holds the stream back
- * (backpressure: undici pauses it), and from the body's last byte
- * handed over to the answer's end. (undici 7's handler API has no
- * request-sent callback — its UnwrapHandler drops onRequestSent — but
- * it writes each chunk to the socket as the stream delivers it, so the
- * stream's 'pause', 'resume' and 'end' are those moments.)
- */
-class Attempt implements Dispatcher.DispatchHandler {
-  readonly body = new UpstreamBody()
-  readonly payload: Buffer | string | Readable | null
-  readonly #origin: Origin
-  readonly #caller: CancelSignal | undefined
-  readonly #timeoutMs: number
-  readonly #retried: boolean
-  readonly #resolve: (res: UpstreamResponse) => void
-  readonly #reject: (err: Error) => void
-  #controller: Dispatcher.DispatchController | null = null
-  #pendingAbort: Error | null = null
-  #responded = false
-  #finished = false
-  #timer: NodeJS.Timeout | null = null
-  #onCallerAbort: (() => void) | null = null
-
-  constructor (origin: Origin, req: UpstreamRequest, policy: SendPolicy, retried: boolean, resolve: (res: UpstreamResponse) => void, reject: (err: Error) => void) {
-    this.#origin = origin
-    this.#caller = req.signal
-    this.#timeoutMs = policy.timeoutMs
-    this.#retried = retried
-    this.#resolve = resolve
-    this.#reject = reject
-    const payload = req.body === null ? null : req.body.open()
-    this.payload = payload
-    this.arm()
-    if (payload !== null && typeof payload !== 'string' && !Buffer.isBuffer(payload)) {
-      payload.on('resume', () => this.disarm())
-      payload.on('pause', () => this.arm())
-      payload.once('end', () => this.arm())
-    }
-    const caller = this.#caller
-    if (caller !== undefined) {
-      this.#onCallerAbort = () => this.abort(caller.reason as Error)
-      caller.addEventListener('abort', this.#onCallerAbort, { once: true })
-    }
-    this.body.onFinish(() => this.done())
-  }
-
-  abort (reason: Error): void {
-    if (this.#controller !== null) this.#controller.abort(reason)
-    else this.#pendingAbort = reason
-  }
-
-  arm (): void { if (!this.#finished && this.#timer === null) this.#timer = setTimeout(abortOnDeadline, this.#timeoutMs, this) }
-
-  disarm (): void {
-    if (this.#timer === null) return
-    clearTimeout(this.#timer)
-    this.#timer = null
-  }
-
-  /** Releases the attempt's slot and timer once the origin is done with it. */
-  done (): void {
-    if (this.#finished) return
-    this.#finished = true
-    this.#origin.inFlight--
-    this.disarm()
-    if (this.#onCallerAbort !== null) this.#caller?.removeEventListener('abort', this.#onCallerAbort)
-  }
-
-  failed (err: Error): void {
-    this.done()
-    // A request body that failed on its own (too large) is not the origin's fault.
-    if (!isOwnError(err)) {
-      const kind = classifyUpstreamError(err)
-      this.#origin.report(kind === 'connect' ? 'connect_error' : kind)
-    }
-    this.#reject(err)
-  }
-
-  onRequestStart (c: Dispatcher.DispatchController): void {
-    this.#controller = c
-    if (this.#pendingAbort !== null) c.abort(this.#pendingAbort)
-  }
-
-  onResponseStart (c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    this.#responded = true
-    this.body.attach(c)
-    this.#origin.report(statusCode >= 500 ? 'error_status' : 'ok')
-    this.#resolve({ statusCode, headers, body: this.body, origin: this.#origin, retried: this.#retried })
-  }
-
-  onResponseData (_c: Dispatcher.DispatchController, chunk: Buffer): void { this.body.push(chunk) }
-
-  onResponseEnd (): void {
-    this.done()
-    this.body.end()
-  }
-
-  onResponseError (_c: Dispatcher.DispatchController, err: Error): void {
-    if (!this.#responded) {
-      this.failed(err)
-      return
-    }
-    this.done()
-    this.body.fail(err)
-  }
 }
 
 const ignore = (): void => {}
@@ -348,7 +310,7 @@ function isOwnError (err: unknown): boolean {
   return err instanceof GatewayError && err.code !== 'GW_DEADLINE'
 }
 
-function abortOnDeadline (a: Attempt): void {
-  a.abort(new GatewayError('GW_DEADLINE', 'upstream attempt timed out'))
+function abortOnDeadline (abort: (reason: Error) => void): void {
+  abort(new GatewayError('GW_DEADLINE', 'upstream attempt timed out'))
 }
 
