@@ -9,9 +9,9 @@
  */
 import fp from 'fastify-plugin'
 import type { ServerResponse } from 'node:http'
-import type { FastifyInstance, FastifyReply, onRequestHookHandler } from 'fastify'
+import type { FastifyInstance, FastifyReply } from 'fastify'
 import pino, { type Logger } from 'pino'
-import type { Metrics, RouteMetrics } from '../src/metrics.js'
+import type { Metrics } from '../src/metrics.js'
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -29,39 +29,12 @@ export interface RequestLogOptions {
 }
 
 const kReply = Symbol('lattice-gateway.reply')
-const kRoute = Symbol('lattice-gateway.route')
-/** What the access line and metrics need of a route, bound once when the route is registered. */
-interface RouteBinding { label: string, metrics: RouteMetrics | null }
-type LoggedResponse = ServerResponse & { [kReply]?: FastifyReply, [kRoute]?: RouteBinding }
+type LoggedResponse = ServerResponse & { [kReply]?: FastifyReply }
 
 export default fp<RequestLogOptions>(async function requestLog (fastify: FastifyInstance, opts) {
   const metrics = opts.metrics
   const access = accessLogWriter(fastify.log as unknown as Logger)
   fastify.decorateRequest('upstream', null)
-  // Each route's label and metrics are bound at registration: a route-level
-  // onRequest hook (first of the route's own) stamps them on the response,
-  // so the request path builds no routeOptions object and no label key.
-  // Requests no route matched (404) are `unmatched`.
-  const lateBindings = new Map<string, RouteBinding>()
-  function lateBinding (label = 'unmatched'): RouteBinding {
-    let b = lateBindings.get(label)
-    if (b === undefined) {
-      b = { label, metrics: metrics === null ? null : metrics.route(label) }
-      lateBindings.set(label, b)
-    }
-    return b
-  }
-  fastify.addHook('onRoute', (routeOptions) => {
-    const label = routeOptions.config?.label
-    if (label === undefined) return
-    const binding = lateBinding(label)
-    const stamp: onRequestHookHandler = function (request, reply, done) {
-      (reply.raw as LoggedResponse)[kRoute] = binding
-      done()
-    }
-    const own = routeOptions.onRequest
-    routeOptions.onRequest = own === undefined ? [stamp] : [stamp, ...(Array.isArray(own) ? own : [own])]
-  })
   // The line is written when the response closes — finished, or cut short
   // because the client went away (or the gateway cut it): 'close' comes
   // exactly once either way, where fastify's onResponse only follows a
@@ -70,16 +43,12 @@ export default fp<RequestLogOptions>(async function requestLog (fastify: Fastify
     const reply = this[kReply]!
     this[kReply] = undefined
     const request = reply.request
-    // Not stamped: no route matched, or an app-wide hook (overload, limits)
-    // answered before the route's own hooks ran.
-    const binding = this[kRoute] ?? lateBinding(request.routeOptions.config.label)
-    this[kRoute] = undefined
-    const route = binding.label
+    const route = request.routeOptions.config.label ?? 'unmatched'
     const aborted = !this.writableFinished
     // Nothing sent at all: nginx's 499 (client closed request).
     const status = this.headersSent ? this.statusCode : 499
     const ms = reply.elapsedTime
-    if (binding.metrics !== null) binding.metrics.observe(request.method, status, ms / 1000)
+    if (metrics !== null) metrics.observeRequest(route, request.method, status, ms / 1000)
     // originalUrl: a request the front door refused was rewritten to `/`.
     if (access !== null) access(request.id, route, request.method, request.originalUrl, status, ms, request.upstream, aborted)
   }

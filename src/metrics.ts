@@ -15,7 +15,6 @@ import type { Registry } from './upstream/registry.js'
 import type { Outcome } from './upstream/origin.js'
 
 const OUTCOMES: Outcome[] = ['ok', 'error_status', 'connect_error', 'timeout', 'reset']
-const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 /** One labelled counter child, counted locally and handed over when collected. */
 export class HotCounter {
@@ -52,137 +51,17 @@ class HotCounterFamily<L extends string> {
   }
 }
 
-interface HistogramValue { metricName: string, labels: Record<string, string | number>, value: number }
-
-/** One label set of a `HotHistogram`: its own bucket counts (not cumulative), sum and count. */
-class HistogramCell {
-  readonly labels: Record<string, string>
-  readonly counts: Float64Array
-  sum = 0
-  count = 0
-  constructor (labels: Record<string, string>, buckets: number) {
-    this.labels = labels
-    this.counts = new Float64Array(buckets)
-  }
-}
-
-/**
- * A histogram whose request-path cells are plain numbers, formatted for
- * prom-client only when the registry is collected (a scrape, or a cluster
- * worker's answer). prom-client's `observe()` validates and hashes its
- * label set on every call; a cell is bound once per label set. It is
- * registered as a metric of its own (`get()` in prom-client's shape, summed
- * across cluster workers like prom-client's histograms).
- */
-export class HotHistogram {
-  readonly name: string
-  readonly help: string
-  readonly type = 'histogram' as const
-  readonly aggregator = 'sum' as const
-  readonly #bounds: readonly number[]
-  readonly #cells: HistogramCell[] = []
-
-  constructor (config: { name: string, help: string, buckets: readonly number[], registers: client.Registry[] }) {
-    this.name = config.name
-    this.help = config.help
-    this.#bounds = config.buckets
-    for (const r of config.registers) r.registerMetric(this as unknown as client.Metric)
-  }
-
-  /** A recorder for one label set, shown from the start (at 0). */
-  cell (labels: Record<string, string>): (seconds: number) => void {
-    const cell = new HistogramCell(labels, this.#bounds.length)
-    this.#cells.push(cell)
-    const bounds = this.#bounds
-    return (v) => {
-      cell.sum += v
-      cell.count++
-      for (let i = 0; i < bounds.length; i++) {
-        if (v <= bounds[i]!) { cell.counts[i]!++; return }
-      }
-    }
-  }
-
-  /** prom-client's metric shape: cumulative `_bucket` lines with `le`, `+Inf`, `_sum`, `_count` per label set. */
-  get (): Promise<{ name: string, help: string, type: 'histogram', values: HistogramValue[], aggregator: 'sum' }> {
-    const values: HistogramValue[] = []
-    const bucket = `${this.name}_bucket`
-    for (const cell of this.#cells) {
-      let acc = 0
-      for (let i = 0; i < this.#bounds.length; i++) {
-        acc += cell.counts[i]!
-        values.push({ metricName: bucket, labels: { le: this.#bounds[i]!, ...cell.labels }, value: acc })
-      }
-      values.push({ metricName: bucket, labels: { le: '+Inf', ...cell.labels }, value: cell.count })
-      values.push({ metricName: `${this.name}_sum`, labels: cell.labels, value: cell.sum })
-      values.push({ metricName: `${this.name}_count`, labels: cell.labels, value: cell.count })
-    }
-    return Promise.resolve({ name: this.name, help: this.help, type: this.type, values, aggregator: this.aggregator })
-  }
-
-  reset (): void {
-    for (const cell of this.#cells) {
-      cell.counts.fill(0)
-      cell.sum = 0
-      cell.count = 0
-    }
-  }
-}
-
-const METHOD_INDEX: Record<string, number> = { GET: 0, HEAD: 1, POST: 2, PUT: 3, PATCH: 4, DELETE: 5, OPTIONS: 6 }
-
-/**
- * One route's request metrics, bound when the route is registered: the
- * request path counts and observes with a number-keyed lookup, no label
- * strings built.
- */
-export class RouteMetrics {
-  readonly route: string
-  readonly #family: HotCounterFamily<'route' | 'method' | 'status'>
-  readonly #duration: (seconds: number) => void
-  readonly #counters = new Map<number, HotCounter>()
-  readonly #other = new Map<string, HotCounter>()
-
-  constructor (route: string, family: HotCounterFamily<'route' | 'method' | 'status'>, duration: (seconds: number) => void) {
-    this.route = route
-    this.#family = family
-    this.#duration = duration
-  }
-
-  /** Records one finished client request on this route. */
-  observe (method: string, status: number, seconds: number): void {
-    const m = METHOD_INDEX[method]
-    let c: HotCounter | undefined
-    if (m !== undefined) {
-      const key = status * 8 + m
-      c = this.#counters.get(key)
-      if (c === undefined) {
-        c = this.#family.hot(this.route, method, String(status))
-        this.#counters.set(key, c)
-      }
-    } else {
-      const key = `${method}\u0000${status}`
-      c = this.#other.get(key)
-      if (c === undefined) {
-        c = this.#family.hot(this.route, method, String(status))
-        this.#other.set(key, c)
-      }
-    }
-    c.inc()
-    this.#duration(seconds)
-  }
-}
-
 export class Metrics {
   readonly registry = new client.Registry()
   readonly #requests: HotCounterFamily<'route' | 'method' | 'status'>
-  readonly #duration: HotHistogram
+  readonly #duration: client.Histogram<'route'>
   readonly #upstream: HotCounterFamily<'service' | 'deployment' | 'origin' | 'outcome'>
   readonly failovers: client.Counter<'service' | 'deployment' | 'kind'>
   readonly originHealthy: client.Gauge<'service' | 'deployment' | 'origin'>
   readonly trafficWeight: client.Gauge<'service' | 'deployment'>
   readonly trafficChanges: client.Counter<'service' | 'deployment'>
-  readonly #routes = new Map<string, RouteMetrics>()
+  readonly #requestChildren = new Map<string, HotCounter>()
+  readonly #durationChildren = new Map<string, client.Histogram.Internal<'route'>>()
 
   constructor () {
     const registers = [this.registry]
@@ -191,7 +70,7 @@ export class Metrics {
     // applied in every worker, so one worker's value is the cluster's.
     client.collectDefaultMetrics({ register: this.registry })
     this.#requests = new HotCounterFamily({ name: 'gateway_requests_total', help: 'Client requests by route, method and status', labelNames: ['route', 'method', 'status'], registers })
-    this.#duration = new HotHistogram({ name: 'gateway_request_duration_seconds', help: 'Client request duration', buckets: DURATION_BUCKETS, registers })
+    this.#duration = new client.Histogram({ name: 'gateway_request_duration_seconds', help: 'Client request duration', labelNames: ['route'], buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers })
     this.#upstream = new HotCounterFamily({ name: 'gateway_upstream_requests_total', help: 'Upstream attempts by origin and outcome', labelNames: ['service', 'deployment', 'origin', 'outcome'], registers })
     this.failovers = new client.Counter({ name: 'gateway_failovers_total', help: 'Retries to the other origin, stateful switches and failbacks', labelNames: ['service', 'deployment', 'kind'], registers })
     this.originHealthy = new client.Gauge({ name: 'gateway_origin_healthy', help: '1 when the origin is healthy', labelNames: ['service', 'deployment', 'origin'], registers, aggregator: 'min' })
@@ -201,17 +80,19 @@ export class Metrics {
 
   /** Records one finished client request. */
   observeRequest (route: string, method: string, status: number, seconds: number): void {
-    this.route(route).observe(method, status, seconds)
-  }
-
-  /** One route's request metrics, bound once per route label (at route registration). */
-  route (label: string): RouteMetrics {
-    let r = this.#routes.get(label)
-    if (r === undefined) {
-      r = new RouteMetrics(label, this.#requests, this.#duration.cell({ route: label }))
-      this.#routes.set(label, r)
+    const key = `${route}\u0000${method}\u0000${status}`
+    let c = this.#requestChildren.get(key)
+    if (c === undefined) {
+      c = this.#requests.hot(route, method, String(status))
+      this.#requestChildren.set(key, c)
     }
-    return r
+    c.inc()
+    let h = this.#durationChildren.get(route)
+    if (h === undefined) {
+      h = this.#duration.labels(route)
+      this.#durationChildren.set(route, h)
+    }
+    h.observe(seconds)
   }
 
   /** Wires every origin and deployment of the registry to these metrics. */
