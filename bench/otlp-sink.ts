@@ -10,7 +10,7 @@
  * `{"exports","bytes"}`; exits when stdin closes or on SIGTERM/SIGINT.
  */
 import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { serveHttpUntilParentGoes } from './helper-process.js'
 
 let exports = 0
 let bytes = 0
@@ -30,18 +30,4 @@ const server = createServer((req, res) => {
 })
 server.keepAliveTimeout = 72_000
 
-server.listen(0, '127.0.0.1', () => {
-  const { port } = server.address() as AddressInfo
-  process.stdout.write(`${JSON.stringify({ port, pid: process.pid })}\n`)
-})
-
-const stop = (): void => {
-  server.close()
-  server.closeAllConnections()
-  process.exit(0)
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
-process.stdin.on('end', stop)
-process.stdin.on('error', stop)
-process.stdin.resume()
+serveHttpUntilParentGoes(server)

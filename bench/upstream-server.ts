@@ -25,7 +25,7 @@
  * document; the `x-origin` header carries `--name`.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { serveHttpUntilParentGoes } from './helper-process.js'
 import { parseArgs } from 'node:util'
 
 const { values } = parseArgs({
@@ -117,18 +117,4 @@ const server = createServer((req, res) => {
 })
 server.keepAliveTimeout = 72_000
 
-server.listen(0, '127.0.0.1', () => {
-  const { port } = server.address() as AddressInfo
-  process.stdout.write(`${JSON.stringify({ port, pid: process.pid })}\n`)
-})
-
-const stop = (): void => {
-  server.close()
-  server.closeAllConnections()
-  process.exit(0)
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
-process.stdin.on('end', stop)
-process.stdin.on('error', stop)
-process.stdin.resume()
+serveHttpUntilParentGoes(server)

@@ -10,7 +10,7 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { request, Agent } from 'undici'
-import { spawnGateway, writeConfig, untilHealthy, childEnv, root, type GatewayChild } from './helpers/cli.js'
+import { startReplica as startGateway, writeConfig, childEnv, root, type Replica } from './helpers/cli.js'
 import { until } from './helpers/until.js'
 import { startPostgres, type TestPostgres } from './helpers/postgres.js'
 import { colourUpstream } from './helpers/colours.js'
@@ -50,19 +50,7 @@ routes:
   - { type: proxy, prefix: /reviews, service: review }
 ${extra}`
 
-interface Replica { g: GatewayChild, url: string, admin: string, pid: number }
-
-async function startReplica (t: { teardown(fn: () => unknown): void }, file: string): Promise<Replica> {
-  const g = spawnGateway(file)
-  t.teardown(() => { if (g.child.exitCode === null && g.child.signalCode === null) g.child.kill('SIGKILL') })
-  await until(() => {
-    if (g.child.exitCode !== null) throw new Error(`the replica exited (${g.child.exitCode}): ${g.stderr()}`)
-    return g.logged(/^gateway listening on/) !== undefined && g.logged(/^admin listening on/) !== undefined ? true : undefined
-  }, { what: 'the replica to listen', timeoutMs: 30000 })
-  const admin = g.logged(/^admin listening on (http:\/\/\S+)/)!
-  await untilHealthy(admin)
-  return { g, url: g.logged(/^gateway listening on (http:\/\/\S+)/)!, admin, pid: g.child.pid! }
-}
+const startReplica = (t: { teardown(fn: () => unknown): void }, file: string): Promise<Replica> => startGateway(t, file, { timeoutMs: 30000 })
 
 async function json (url: string, opts: { method?: 'GET' | 'PUT', body?: unknown } = {}): Promise<{ status: number, body: Record<string, unknown> }> {
   const res = await request(url, { method: opts.method ?? 'GET', dispatcher: agent, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, ...(opts.body === undefined ? {} : { body: JSON.stringify(opts.body) }) })

@@ -7,7 +7,7 @@
  */
 import t from 'tap'
 import { request, Agent } from 'undici'
-import { spawnGateway, writeConfig, untilHealthy, type GatewayChild } from './helpers/cli.js'
+import { startReplica as startGateway, writeConfig, type Replica } from './helpers/cli.js'
 import { until } from './helpers/until.js'
 import { startPostgres, type TestPostgres } from './helpers/postgres.js'
 import { colourUpstream } from './helpers/colours.js'
@@ -47,23 +47,7 @@ routes:
   - { type: proxy, prefix: /reviews, service: review }
 `
 
-interface Replica { g: GatewayChild, url: string, admin: string }
-
-async function startReplica (t: { teardown(fn: () => unknown): void }, file: string, workers: number): Promise<Replica> {
-  const g = spawnGateway(file)
-  t.teardown(() => {
-    for (const l of g.lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
-    if (g.child.exitCode === null && g.child.signalCode === null) g.child.kill('SIGKILL')
-  })
-  await until(() => {
-    if (g.child.exitCode !== null) throw new Error(`the replica exited (${g.child.exitCode}): ${g.stderr()}`)
-    const listening = g.lines.filter((l) => /^gateway listening on/.test(String(l.msg))).length
-    return listening >= workers && g.logged(/^admin listening on/) !== undefined ? true : undefined
-  }, { what: 'the replica to listen', timeoutMs: 60000 })
-  const admin = g.logged(/^admin listening on (http:\/\/\S+)/)!
-  await untilHealthy(admin)
-  return { g, url: g.logged(/^gateway listening on (http:\/\/\S+)/)!, admin }
-}
+const startReplica = (t: { teardown(fn: () => unknown): void }, file: string, workers: number): Promise<Replica> => startGateway(t, file, { workers })
 
 async function json (url: string, opts: { method?: 'GET' | 'PUT', body?: unknown } = {}): Promise<{ status: number, body: Record<string, unknown> }> {
   const res = await request(url, { method: opts.method ?? 'GET', dispatcher: agent, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, ...(opts.body === undefined ? {} : { body: JSON.stringify(opts.body) }) })

@@ -8,7 +8,7 @@
 import t from 'tap'
 import { request } from 'undici'
 import { startPostgres } from './helpers/postgres.js'
-import { spawnGateway, writeConfig, type GatewayChild } from './helpers/cli.js'
+import { spawnGateway, writeConfig, untilHealthy, type GatewayChild } from './helpers/cli.js'
 import { until as untilMet } from './helpers/until.js'
 
 /** Polls `cond` until it gives a value (what, then the condition, as these tests read). */
@@ -56,16 +56,8 @@ t.test('one driver sums the other replica\'s counts; killed mid-rollout, the oth
     const g = spawnGateway(file)
     t.teardown(async () => { if (g.child.exitCode === null && g.child.signalCode === null) { g.child.kill('SIGKILL'); await g.exited } })
     const admin = `http://127.0.0.1:${adminPort}`
-    // A process start takes seconds on a shared machine: a longer wait than untilHealthy's.
-    await until('/healthz to answer 200', async () => {
-      try {
-        const res = await request(`${admin}/healthz`)
-        await res.body.dump()
-        return res.statusCode === 200 ? true : undefined
-      } catch {
-        return undefined
-      }
-    }, 120000)
+    // A process start takes seconds on a shared machine: a longer wait than untilHealthy's default.
+    await untilHealthy(admin, 120000)
     const id = await until('the fleet to load', async () => {
       const f = await adminCall(admin, 'GET', '/admin/fleet').catch(() => null)
       return f?.status === 200 && f.body.connected === true ? String(f.body.self) : undefined

@@ -10,7 +10,7 @@ import t from 'tap'
 import { get } from 'node:http'
 import { request } from 'undici'
 import { startUpstream, json } from './helpers/upstream.js'
-import { spawnGateway, writeConfig } from './helpers/cli.js'
+import { spawnGateway, writeConfig, killAtTeardown, untilHealthy } from './helpers/cli.js'
 import { until as untilMet } from './helpers/until.js'
 
 /** Polls `cond` until it gives a value (what, then the condition, as these tests read). */
@@ -50,23 +50,13 @@ services:
 routes:
   - { type: proxy, prefix: /app, service: app }
 `)
-  const { child, lines, logged } = spawnGateway(config)
-  t.teardown(() => {
-    for (const l of lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
+  const g = spawnGateway(config)
+  const { lines, logged } = g
+  killAtTeardown(t, g)
   await until('both workers to listen', () => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).length === 2 && logged(/^admin listening on/) !== undefined && logged(/^gateway listening on/) !== undefined ? true : undefined, 120000)
   const gateway = logged(/^gateway listening on (http:\/\/\S+)/)!
   const admin = logged(/^admin listening on (http:\/\/\S+)/)!
-  await until('/healthz to answer 200', async () => {
-    try {
-      const res = await request(`${admin}/healthz`)
-      await res.body.dump()
-      return res.statusCode === 200 ? true : undefined
-    } catch {
-      return undefined
-    }
-  }, 120000)
+  await untilHealthy(admin, 120000)
   const call = async (method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown): Promise<{ status: number, body: Record<string, unknown> }> => {
     const res = await request(`${admin}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) }, body: body === undefined ? undefined : JSON.stringify(body) })
     return { status: res.statusCode, body: await res.body.json() as Record<string, unknown> }

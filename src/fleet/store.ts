@@ -84,18 +84,15 @@ export async function hasSchema (pool: Pool): Promise<boolean> {
 
 /** Creates what is missing; safe when several replicas run it at once. */
 export async function migrate (pool: Pool): Promise<void> {
-  const c = await pool.connect()
-  try {
-    await c.query('BEGIN')
-    await c.query('SELECT pg_advisory_xact_lock($1)', [DDL_LOCK])
-    await c.query(DDL)
-    await c.query('COMMIT')
-  } catch (err) {
-    await c.query('ROLLBACK').catch(() => {})
-    release(c, err)
-    throw err
-  }
-  c.release()
+  await runDdl(pool, DDL_LOCK, DDL)
+}
+
+/** Runs `ddl` in one transaction holding the advisory lock `lock`, so replicas that run it at once take turns. */
+export async function runDdl (pool: Pool, lock: number, ddl: string): Promise<void> {
+  await transaction(pool, async (c) => {
+    await c.query('SELECT pg_advisory_xact_lock($1)', [lock])
+    await c.query(ddl)
+  })
 }
 
 /** A service's stored state. */

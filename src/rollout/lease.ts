@@ -24,6 +24,7 @@ import pg, { type Pool } from 'pg'
 import type { Logger } from 'pino'
 import { GatewayError } from '../errors.js'
 import type { FleetHandle } from '../fleet/control.js'
+import { runDdl } from '../fleet/store.js'
 import type { Registry } from '../upstream/registry.js'
 import type { Counts } from './window.js'
 import { ownCounts, type RolloutBackend, type RolloutManager, type RolloutState } from './rollout.js'
@@ -44,18 +45,7 @@ const DDL = `CREATE TABLE IF NOT EXISTS ${ROLLOUT_TABLE} (
 export async function migrateRollouts (pool: Pool): Promise<void> {
   const exists = await pool.query<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [ROLLOUT_TABLE])
   if (exists.rows[0]?.t !== null && exists.rows[0]?.t !== undefined) return
-  const c = await pool.connect()
-  try {
-    await c.query('BEGIN')
-    await c.query('SELECT pg_advisory_xact_lock($1)', [DDL_LOCK])
-    await c.query(DDL)
-    await c.query('COMMIT')
-    c.release()
-  } catch (err) {
-    await c.query('ROLLBACK').catch(() => {})
-    c.release(err as Error)
-    throw err
-  }
+  await runDdl(pool, DDL_LOCK, DDL)
 }
 
 /** `lattice-gateway migrate`: creates the rollout table when missing; resolves with the exit code. */

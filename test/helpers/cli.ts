@@ -19,7 +19,7 @@ export const root = fileURLToPath(new URL('../..', import.meta.url))
 export const childEnv: NodeJS.ProcessEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS' && !k.startsWith('_TAPJS_')))
 
 /** Resolves once `${admin}/healthz` answers 200 (connection errors are retried). */
-export async function untilHealthy (admin: string): Promise<void> {
+export async function untilHealthy (admin: string, timeoutMs = 60000): Promise<void> {
   await until(async () => {
     try {
       const res = await request(`${admin}/healthz`)
@@ -28,7 +28,7 @@ export async function untilHealthy (admin: string): Promise<void> {
     } catch {
       return false
     }
-  }, { what: '/healthz to answer 200', timeoutMs: 60000 })
+  }, { what: '/healthz to answer 200', timeoutMs })
 }
 
 export interface GatewayChild {
@@ -84,4 +84,33 @@ export function writeConfig (t: { teardown(fn: () => void): void }, text: string
   const file = join(dir, name)
   writeFileSync(file, text)
   return file
+}
+
+/** SIGKILLs the child, and every cluster worker it logged, at the test's teardown (unless it has exited). */
+export function killAtTeardown (t: { teardown(fn: () => unknown): void }, g: GatewayChild): void {
+  t.teardown(() => {
+    for (const l of g.lines) if (typeof l.workerPid === 'number') { try { process.kill(l.workerPid, 'SIGKILL') } catch {} }
+    if (g.child.exitCode === null && g.child.signalCode === null) g.child.kill('SIGKILL')
+  })
+}
+
+export interface Replica { g: GatewayChild, url: string, admin: string, pid: number }
+
+/**
+ * Spawns a gateway on `file`, killed at teardown; resolves once `workers`
+ * listeners (1 without a cluster) and the admin listener are up and
+ * /healthz answers 200.
+ */
+export async function startReplica (t: { teardown(fn: () => unknown): void }, file: string, opts: { workers?: number, timeoutMs?: number } = {}): Promise<Replica> {
+  const workers = opts.workers ?? 1
+  const g = spawnGateway(file)
+  killAtTeardown(t, g)
+  await until(() => {
+    if (g.child.exitCode !== null) throw new Error(`the replica exited (${g.child.exitCode}): ${g.stderr()}`)
+    const listening = g.lines.filter((l) => /^gateway listening on/.test(String(l.msg))).length
+    return listening >= workers && g.logged(/^admin listening on/) !== undefined ? true : undefined
+  }, { what: 'the replica to listen', timeoutMs: opts.timeoutMs ?? 60000 })
+  const admin = g.logged(/^admin listening on (http:\/\/\S+)/)!
+  await untilHealthy(admin)
+  return { g, url: g.logged(/^gateway listening on (http:\/\/\S+)/)!, admin, pid: g.child.pid! }
 }

