@@ -81,6 +81,7 @@ t.test('replicas: start at once on an empty database, a PUT reaches the next req
   const [a, b] = await Promise.all([startReplica(t, file), startReplica(t, file)])
   await until(async () => (await ready(a)) && (await ready(b)) ? true : undefined, { what: 'both replicas ready (fleet loaded)', timeoutMs: 30000 })
   await until(async () => (await liveIds(a)).length === 2 ? true : undefined, { what: 'two live replicas', timeoutMs: 60000 })
+  await until(() => [a, b].some((r) => r.g.lines.some((l) => l.event === 'fleet_schema')), { what: 'a fleet_schema line', timeoutMs: 30000 })
   const created = [a, b].filter((r) => r.g.lines.some((l) => l.event === 'fleet_schema')).length
   t.ok(created >= 1, `the schema was created (by ${created} replica(s), under the advisory lock)`)
 
@@ -92,7 +93,8 @@ t.test('replicas: start at once on an empty database, a PUT reaches the next req
   const next = await colour(b)
   t.equal(next, 'green', 'the next request on the other replica goes to green')
   for (let i = 0; i < 20; i++) if (await colour(b) !== 'green') { t.fail('a request on B went elsewhere'); break }
-  t.ok(b.g.lines.some((l) => l.event === 'traffic' && l.version === 2), 'B logged the change with its version')
+  // Log lines are written in buffered batches (at most 250 ms apart): wait for the line, not for the request.
+  t.ok(await until(() => b.g.lines.some((l) => l.event === 'traffic' && l.version === 2), { what: 'B to log the change', timeoutMs: 30000 }), 'B logged the change with its version')
 
   // A replica started later joins the cutover: its config says blue 100, the store says green 100.
   const c = await startReplica(t, file)
