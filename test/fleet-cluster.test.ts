@@ -87,8 +87,9 @@ t.test('a two-worker replica and a one-process replica share one state', async (
   t.same((put.body.fleet as { pending: string[] }).pending, [], 'the cluster replica confirmed it')
   const seen = await colours(cluster, 30)
   t.same(seen, Array(30).fill('green'), 'every request on the cluster goes to green right after the answer')
-  const servedBy = new Set(cluster.g.lines.filter((l) => l.msg === 'request' && String(l.url).startsWith('/reviews/')).map((l) => l.pid))
-  t.equal(servedBy.size, 2, 'served by both workers (connections are dealt round-robin)')
+  // Workers write their access lines in buffered batches: wait for them.
+  const servedBy = (): Set<unknown> => new Set(cluster.g.lines.filter((l) => l.msg === 'request' && String(l.url).startsWith('/reviews/')).map((l) => l.pid))
+  t.equal((await until(() => servedBy().size === 2 ? servedBy() : undefined, { what: 'access lines of both workers', timeoutMs: 30000 })).size, 2, 'served by both workers (connections are dealt round-robin)')
 
   const back = await json(`${cluster.admin}/admin/services/review/traffic`, { method: 'PUT', body: { blue: 100 } })
   t.equal(back.status, 200, 'a change through the cluster\'s admin worker')

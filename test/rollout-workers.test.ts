@@ -88,8 +88,9 @@ routes:
   t.equal(bad.end.status, 'rolled_back', String(bad.end.reason))
   t.match(bad.end.reason, /^error rate 0\.\d+ > 0\.01$/)
   t.same([...bad.statuses.keys()], [200], `no GET failed on either worker: ${JSON.stringify([...bad.statuses])}`)
-  const pids = new Set(lines.filter((l) => l.msg === 'request' && typeof l.url === 'string' && l.url.startsWith('/app/')).map((l) => l.pid))
-  t.equal(pids.size, 2, 'both workers served requests')
+  // Workers write their access lines in buffered batches: wait for them.
+  const pids = (): Set<unknown> => new Set(lines.filter((l) => l.msg === 'request' && typeof l.url === 'string' && l.url.startsWith('/app/')).map((l) => l.pid))
+  t.equal((await untilMet(() => pids().size === 2 ? pids() : undefined, { what: 'access lines of both workers', timeoutMs: 30000 })).size, 2, 'both workers served requests')
 
   failing = false
   await call('PUT', '/admin/services/app/traffic', { blue: 100, green: 0 })
