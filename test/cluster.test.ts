@@ -282,3 +282,37 @@ routes:
   t.match(lines.find((l) => /did not drain cleanly/.test(String(l.msg))), { level: 50, signal: 'SIGKILL' }, 'logged at error level with the signal')
   t.match(lines.find((l) => l.msg === 'stopped' && l.role === 'primary'), { exitCode: 1 })
 })
+
+t.test('workers: 2 and the primary SIGKILLed: the workers exit instead of lingering on the admin port', async (t) => {
+  const up = await startUpstream('app', (_req, res) => json(res, 200, { ok: true }))
+  t.teardown(() => up.close())
+  const config = writeConfig(t, `
+server:
+  host: 127.0.0.1
+  port: 0
+  workers: 2
+  shutdownGraceMs: 2000
+admin:
+  host: 127.0.0.1
+  port: 0
+  token: ${TOKEN}
+services:
+  app:
+    origins: { primary: ${up.url} }
+routes:
+  - type: proxy
+    prefix: /app
+    service: app
+`)
+  const { child, lines, logged } = spawnGateway(config)
+  const workerPids = (): number[] => lines.filter((l) => /^worker \d+ listening$/.test(String(l.msg))).map((l) => l.workerPid as number)
+  t.teardown(() => {
+    for (const pid of workerPids()) { try { process.kill(pid, 'SIGKILL') } catch {} }
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  await until(() => workerPids().length === 2 && logged(/^gateway listening on/) !== undefined ? true : undefined, { what: 'both workers to listen', timeoutMs: 120000 })
+  const pids = workerPids()
+  child.kill('SIGKILL')
+  const gone = (pid: number): boolean => { try { process.kill(pid, 0); return false } catch { return true } }
+  t.ok(await until(() => pids.every(gone) ? true : undefined, { what: 'the workers to exit', timeoutMs: 30000 }), 'both workers exited after their primary died')
+})
