@@ -226,7 +226,7 @@ function readBody (raw: IncomingMessage, p: BodyPolicy, stopAfter: number): Prom
     const onData = (chunk: Buffer): void => {
       chunks.push(chunk)
       bytes += chunk.length
-      if (bytes > p.limit) finish(new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${p.limit} bytes`, { headers: CLOSE }), false)
+      if (bytes > p.limit) finish(tooLarge(p.limit), false)
       else if (bytes > stopAfter) finish(null, false)
     }
     const onEnd = (): void => finish(null, true)
@@ -242,6 +242,11 @@ function readBody (raw: IncomingMessage, p: BodyPolicy, stopAfter: number): Prom
 
 // The rest of a refused body is never read: the connection closes after the answer.
 const CLOSE = { connection: 'close' }
+
+/** A body found too large while being read: the rest is never read. */
+function tooLarge (limit: number): GatewayError {
+  return new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`, { headers: CLOSE })
+}
 
 function clientTimeout (ms: number): GatewayError {
   return new GatewayError('GW_CLIENT_TIMEOUT', `the request body was not received in time (${ms} ms)`, { headers: CLOSE })
@@ -281,7 +286,7 @@ class StreamedBody implements RequestBody {
       const chunk = raw.read() as Buffer | null
       if (chunk !== null) {
         n += chunk.length
-        if (n > limit) throw new GatewayError('GW_BODY_TOO_LARGE', `request body is larger than ${limit} bytes`, { headers: CLOSE })
+        if (n > limit) throw tooLarge(limit)
         yield chunk
         continue
       }

@@ -40,7 +40,7 @@ export function parseFields (plan: FieldsPlan, raw: string | readonly string[] |
   const whole = new Array<boolean>(sections.length).fill(false)
   const paths: string[][][] = sections.map(() => [])
   const unknown: string[] = []
-  let any = false
+  let named = false
   for (const item of text.split(',')) {
     const f = item.trim()
     if (f === '') continue
@@ -51,14 +51,14 @@ export function parseFields (plan: FieldsPlan, raw: string | readonly string[] |
       if (!unknown.includes(parts[0]!)) unknown.push(parts[0]!)
       continue
     }
-    any = true
+    named = true
     if (parts.length === 1) whole[i] = true
     else paths[i]!.push(parts.slice(1))
   }
   if (unknown.length > 0) {
     throw new GatewayError('GW_BAD_REQUEST', `fields names unknown section${unknown.length === 1 ? '' : 's'} ${unknown.map((u) => JSON.stringify(u)).join(', ')}; valid sections: ${valid()}`)
   }
-  if (!any) throw new GatewayError('GW_BAD_REQUEST', `fields names no section; valid sections: ${valid()}`)
+  if (!named) throw new GatewayError('GW_BAD_REQUEST', `fields names no section; valid sections: ${valid()}`)
   const shown = sections.map((_s, i) => whole[i]! || paths[i]!.length > 0)
   const called = [...shown]
   // Everything a shown section waits for, transitively.
