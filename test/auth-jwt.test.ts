@@ -170,3 +170,23 @@ t.test('the JWKS killed after a fetch: known keys keep working, unknown ones are
   await issuer.addKey('k9')
   refused(t, await get(`${g.url}/jwt/x`, bearer(await issuer.token({}, { kid: 'k9' }))), 'a key the gateway never saw')
 })
+
+t.test('the JWKS killed under load: no request with a known key fails', async (t) => {
+  const issuer = await startIssuer()
+  t.teardown(() => issuer.close())
+  const { g } = await gateway(t, issuer, { jwksCooldownMs: 0, jwksRefreshMs: 100 })
+  const token = await issuer.token()
+  t.equal((await get(`${g.url}/jwt/x`, bearer(token))).status, 200)
+  let stop = false
+  const statuses: number[] = []
+  const loops = Array.from({ length: 8 }, async () => { while (!stop) statuses.push((await get(`${g.url}/jwt/x`, bearer(token))).status) })
+  while (statuses.length < 50) await new Promise((resolve) => setTimeout(resolve, 10))
+  await issuer.kill()
+  await g.waitForLog((l) => l.event === 'jwks' && l.to === 'stale', 10000)
+  const seen = statuses.length
+  while (statuses.length < seen + 50) await new Promise((resolve) => setTimeout(resolve, 10))
+  stop = true
+  await Promise.all(loops)
+  t.ok(statuses.length >= 100, `${statuses.length} requests across the kill`)
+  t.strictSame(statuses.filter((s) => s !== 200), [], 'no request failed while the JWKS died and stayed down')
+})

@@ -108,3 +108,26 @@ t.test('collector too slow: the bounded queue drops and counts spans, requests s
   t.equal(c.queue_full, 40, 'the queue holds at most 4 spans: every later span is dropped and counted')
   t.equal(c.exported, 0)
 })
+
+t.test('a live collector killed under load: no request fails, the spans it misses are counted', async (t) => {
+  const up = await startUpstream('product')
+  const rx = await startOtlpReceiver()
+  const g = await startGateway({
+    tracing: { otlpEndpoint: rx.url, batchDelayMs: 20, exportTimeoutMs: 300 },
+    services: { product: fastService({ primary: up.url }) },
+    routes: [{ type: 'proxy', prefix: '/api', service: 'product', rewritePrefix: '' }]
+  })
+  t.teardown(async () => { await g.close(); await up.close() })
+  let stop = false
+  const statuses: number[] = []
+  const loops = Array.from({ length: 8 }, async () => { while (!stop) statuses.push(...await burst(g, 1)) })
+  await until(g, (c) => (c.exported ?? 0) >= 10, 'spans exported before the kill')
+  await rx.close()
+  await until(g, (c) => (c.export_failed ?? 0) + (c.queue_full ?? 0) > 0, 'spans lost after the kill')
+  const seen = statuses.length
+  while (statuses.length < seen + 50) await new Promise((resolve) => setTimeout(resolve, 20))
+  stop = true
+  await Promise.all(loops)
+  t.ok(statuses.length > 60, `${statuses.length} requests across the kill`)
+  t.strictSame(statuses.filter((s) => s !== 200), [], 'no request failed while the collector died')
+})
